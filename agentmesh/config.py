@@ -1,0 +1,57 @@
+"""Settings from the environment (AGENTMESH_*), each with an embedded default."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTMESH_", extra="ignore")
+
+    data_dir: Path = Path(".agentmesh")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # SQLAlchemy URL template; {service} and {data_dir} are filled in so that each
+    # service owns its own database. Production: postgresql+psycopg://.../{service}
+    database_url: str = "sqlite+aiosqlite:///{data_dir}/{service}.db"
+    # Empty: start an embedded nats-server with JetStream in data_dir.
+    nats_url: str = ""
+    # Shared secret services present to each other. Empty: generated into
+    # data_dir/service.token on first start (embedded mode only).
+    service_token: str = ""
+    # Where the registry answers; empty means this process's own port.
+    registry_target: str = ""
+    log_level: str = "INFO"
+    # How long an authenticated API key is trusted before it is checked again.
+    auth_cache_seconds: float = 30.0
+
+    def database_url_for(self, service: str) -> str:
+        return self.database_url.format(service=service, data_dir=self.data_dir)
+
+    def resolved_service_token(self) -> str:
+        if self.service_token:
+            return self.service_token
+        return read_or_create_secret(self.data_dir / "service.token")
+
+
+def read_or_create_secret(path: Path) -> str:
+    """Reads a secret file, creating it (mode 0600) with a fresh secret if absent."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    write_private_file(path, secret + "\n")
+    return secret
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Writes a file only its owner can read; it never exists with wider rights."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(handle, "w") as out:
+        out.write(text)

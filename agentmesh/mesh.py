@@ -1,0 +1,108 @@
+"""Runs agentmesh services in one process, behind one gRPC port.
+
+Services still reach each other through gRPC stubs over a channel, exactly as
+they would across pods; sharing a process only saves the deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from agentmesh.auth import Authenticator, KeyLookup, Principal
+from agentmesh.config import Settings
+from agentmesh.errors import Unavailable
+from agentmesh.events import EventBus
+from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc
+from agentmesh.nats_server import EmbeddedNats
+from agentmesh.server import GrpcServer
+from services.registry.service import Registry
+
+log = logging.getLogger("agentmesh")
+
+# Services implemented so far, in start order.
+SERVICES = ("registry",)
+
+
+def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLookup:
+    """Authenticates API keys by asking the registry (for processes without it)."""
+    stub = account_pb2_grpc.AccountServiceStub(channel)
+    metadata = (("authorization", f"Bearer {service_token}"),)
+
+    async def lookup(key: str) -> Principal | None:
+        try:
+            principal = await stub.Authenticate(
+                account_pb2.AuthenticateRequest(api_key=key), metadata=metadata, timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise Unavailable("the registry cannot check credentials right now") from None
+        return Principal(user=principal.user, admin=principal.admin)
+
+    return lookup
+
+
+class Mesh:
+    def __init__(self, settings: Settings, services: tuple[str, ...] = SERVICES):
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
+        self.settings = settings
+        self.services = services
+        self.port = 0
+        self._nats: EmbeddedNats | None = None
+        self._channels: list[grpc.aio.Channel] = []
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        nats_url = settings.nats_url
+        if not nats_url:
+            self._nats = EmbeddedNats(settings.data_dir / "nats")
+            await self._nats.start()
+            nats_url = self._nats.url
+        self.events = await EventBus.connect(nats_url, name="agentmesh")
+        service_token = settings.resolved_service_token()
+
+        self.registry = Registry(settings, self.events) if "registry" in self.services else None
+        if self.registry:
+            await self.registry.start()
+            lookup = self.registry.lookup_key
+        else:
+            lookup = remote_key_lookup(self.channel(settings.registry_target), service_token)
+        self.authenticator = Authenticator(service_token, lookup, settings.auth_cache_seconds)
+        self.server = GrpcServer(self.authenticator)
+        if self.registry:
+            self.registry.register(self.server, self.authenticator)
+        self.port = self.server.bind(f"{settings.host}:{settings.port}")
+        await self.server.start()
+        log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel kept open for the mesh's lifetime (service-to-service calls)."""
+        channel = grpc.aio.insecure_channel(target)
+        self._channels.append(channel)
+        return channel
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        for channel in self._channels:
+            await channel.close()
+        if self.registry:
+            await self.registry.stop()
+        await self.events.close()
+        if self._nats:
+            await self._nats.stop()
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
