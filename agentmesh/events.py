@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import nats
+import nats.errors
 from google.protobuf.message import Message
 from nats.aio.client import Client
 
@@ -47,4 +48,8 @@ class EventBus:
         await self._client.subscribe(subject, cb=on_message)
 
     async def close(self) -> None:
-        await self._client.drain()
+        try:
+            await self._client.drain()
+        except nats.errors.Error:
+            # Already disconnected (NATS went away first): nothing left to flush.
+            await self._client.close()

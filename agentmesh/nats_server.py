@@ -151,6 +151,9 @@ class EmbeddedNats:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for us must not kill NATS before
+                # we have drained our connection; stop() ends it in order.
+                start_new_session=True,
             )
 
     async def _wait_until_ready(self) -> None:

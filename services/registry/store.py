@@ -537,7 +537,8 @@ class RegistryStore:
             if referrers:
                 names = ", ".join(f"agents/{r}" for r in sorted(referrers))
                 raise FailedPrecondition(
-                    f"agents/{agent_id} is a handoff target of {names}; remove those handoffs first",
+                    f"agents/{agent_id} is a handoff target of {names}; "
+                    "remove those handoffs first",
                     reason="AGENT_IN_USE",
                 )
             await conn.execute(delete(ContextRow).where(ContextRow.agent_id == agent_id))

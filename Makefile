@@ -1,0 +1,55 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := .tools/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+# Stamp files make setup a no-op when nothing it depends on changed.
+SETUP_STAMP := $(VENV)/.installed
+
+help:
+	@echo "make run     set everything up and bring the mesh up, applying examples/agents.json"
+	@echo "make test    every check: generated-code drift, buf lint/breaking, ruff, the test suite"
+	@echo "make proto   regenerate agentmesh/gen from protos/"
+	@echo "make format  ruff format + fixes"
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# What only the tests and contract checks need: Postgres binaries and the buf CLI.
+setup-test: setup $(BUF)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+$(BUF):
+	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+run: setup
+	$(VENV)/bin/agentmesh up --apply examples/agents.json
+
+proto: setup
+	$(PY) tools/genproto.py
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+lint: setup-test
+	$(PY) tools/genproto.py --check
+	$(BUF) lint
+	$(BUF) build -o /dev/null
+	tools/buf_breaking.sh $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+.PHONY: help setup setup-test run proto format lint test

@@ -1,0 +1,95 @@
+"""`agentmesh up` as a user runs it: a real process, from an empty data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentmesh.client import Client
+from agentmesh.gen.registry.v1 import registry_pb2 as r
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "agents.json"
+
+
+async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentmesh.cli",
+        "up",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING"},
+    )
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert line, f"agentmesh up exited early: {lines}"
+        lines.append(line)
+        if match := re.search(r"agentmesh is up on (\S+)", line):
+            return process, match.group(1), lines
+
+
+async def _stop(process: asyncio.subprocess.Process) -> str:
+    process.send_signal(signal.SIGTERM)
+    rest = (await asyncio.wait_for(process.stdout.read(), 30)).decode()
+    assert await process.wait() == 0
+    return rest
+
+
+async def test_up_starts_from_nothing_serves_health_and_stops_cleanly(tmp_path):
+    data_dir = tmp_path / "fresh"
+    process, address, _ = await _start("--data-dir", str(data_dir))
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "agentmesh.registry.v1.RegistryService"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        key_file = data_dir / "admin.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        async with Client(address, key_file.read_text().strip()) as client:
+            assert (await client.registry.ListAgents(r.ListAgentsRequest())).agents == []
+    finally:
+        rest = await _stop(process)
+    assert "agentmesh stopped" in rest
+    # Nothing of the mesh is left listening.
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+            raise AssertionError("the server still answers after SIGTERM")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_up_applies_the_example_agents_and_lists_them_back(tmp_path):
+    process, address, lines = await _start("--data-dir", str(tmp_path), "--apply", str(EXAMPLES))
+    try:
+        output = "".join(lines)
+        assert "applied 3 agent definitions" in output
+        for name in ("Billing", "Support", "Triage"):
+            assert re.search(rf"agents/\w+\s+{name}\b", output)
+        assert re.search(r"Triage\s+0\s+Billing, Support", output)
+    finally:
+        await _stop(process)
+    # Applying again on the same data dir updates in place instead of duplicating.
+    process, address, lines = await _start("--data-dir", str(tmp_path), "--apply", str(EXAMPLES))
+    try:
+        key = (tmp_path / "admin.key").read_text().strip()
+        async with Client(address, key) as client:
+            agents = (await client.registry.ListAgents(r.ListAgentsRequest())).agents
+        assert sorted(a.display_name for a in agents) == ["Billing", "Support", "Triage"]
+    finally:
+        await _stop(process)
