@@ -11,7 +11,8 @@ import contextvars
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from agentmesh.errors import PermissionDenied, Unauthenticated
 
@@ -23,6 +24,9 @@ class Principal:
     user: str  # users/{id}; empty for a service acting for no one
     admin: bool = False
     service: bool = False
+    # When the credential stops being valid (an API key's expire_time); None: never,
+    # or not known. Not part of who the principal is.
+    expire_time: datetime | None = field(default=None, compare=False)
 
     @property
     def user_id(self) -> str:
@@ -83,7 +87,12 @@ class Authenticator:
             raise Unauthenticated("invalid or expired API key")
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (now + self._cache_seconds, principal)
+        trusted_until = now + self._cache_seconds
+        if principal.expire_time is not None:
+            # Never trust a cached key past its own expiry.
+            remaining = (principal.expire_time - datetime.now(UTC)).total_seconds()
+            trusted_until = min(trusted_until, now + remaining)
+        self._cache[key] = (trusted_until, principal)
         return principal
 
     def forget(self, user: str | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from agentmesh.gen.providers.v1 import providers_pb2_grpc
 from agentmesh.gen.registry.v1 import account_pb2_grpc, registry_pb2_grpc
 
 
@@ -42,6 +43,7 @@ class Client:
         self.channel = grpc.aio.insecure_channel(target, interceptors=[_BearerAuth(api_key)])
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.accounts = account_pb2_grpc.AccountServiceStub(self.channel)
+        self.providers = providers_pb2_grpc.ProviderServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -6,11 +6,14 @@ import os
 import secrets
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTMESH_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTMESH_", extra="ignore", populate_by_name=True
+    )
 
     data_dir: Path = Path(".agentmesh")
     host: str = "127.0.0.1"
@@ -28,6 +31,21 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # How long an authenticated API key is trusted before it is checked again.
     auth_cache_seconds: float = 30.0
+    # How often the registry releases credit reservations whose ttl has passed.
+    reservation_sweep_seconds: float = 5.0
+    # Where provider API keys live: "local" (AES-GCM files under data_dir/secrets)
+    # or "vault" (KV v2; token or Kubernetes auth).
+    secret_store: str = "local"
+    vault_url: str = "http://127.0.0.1:8200"
+    vault_token: str = ""
+    vault_kubernetes_role: str = ""
+    vault_mount: str = "secret"
+    vault_path_prefix: str = "agentmesh/providers"
+    # The system default provider for users with none: OPENAI_API_KEY when set.
+    openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
+    # With no OPENAI_API_KEY, start the stand-in model server (not a model: it
+    # answers by rules) and make it the system default, so the mesh works offline.
+    standin_model: bool = True
 
     def database_url_for(self, service: str) -> str:
         return self.database_url.format(service=service, data_dir=self.data_dir)

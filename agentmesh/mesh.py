@@ -17,12 +17,14 @@ from agentmesh.events import EventBus
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.server import GrpcServer
+from agentmesh.testing.model_server import ModelServer
+from services.providers.service import Providers
 from services.registry.service import Registry
 
 log = logging.getLogger("agentmesh")
 
 # Services implemented so far, in start order.
-SERVICES = ("registry",)
+SERVICES = ("registry", "providers")
 
 
 def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLookup:
@@ -53,6 +55,9 @@ class Mesh:
         self.services = services
         self.port = 0
         self._nats: EmbeddedNats | None = None
+        self._standin: ModelServer | None = None
+        self.components: list = []
+        self.registry: Registry | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     @property
@@ -70,19 +75,38 @@ class Mesh:
         self.events = await EventBus.connect(nats_url, name="agentmesh")
         service_token = settings.resolved_service_token()
 
-        self.registry = Registry(settings, self.events) if "registry" in self.services else None
+        if "registry" in self.services:
+            self.registry = Registry(settings, self.events)
+            self.components.append(self.registry)
+        if "providers" in self.services:
+            self.components.append(Providers(settings, self.events, await self._standin_url()))
+        for component in self.components:
+            await component.start()
+
         if self.registry:
-            await self.registry.start()
             lookup = self.registry.lookup_key
         else:
             lookup = remote_key_lookup(self.channel(settings.registry_target), service_token)
         self.authenticator = Authenticator(service_token, lookup, settings.auth_cache_seconds)
         self.server = GrpcServer(self.authenticator)
-        if self.registry:
-            self.registry.register(self.server, self.authenticator)
+        for component in self.components:
+            component.register(self.server)
         self.port = self.server.bind(f"{settings.host}:{settings.port}")
         await self.server.start()
         log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
+
+    async def _standin_url(self) -> str:
+        """Starts the stand-in model server when there is no real default provider."""
+        if self.settings.openai_api_key or not self.settings.standin_model:
+            return ""
+        self._standin = ModelServer()
+        await self._standin.start()
+        log.warning(
+            "no OPENAI_API_KEY: the system default provider is the stand-in model server at %s "
+            "(it answers by fixed rules; it is not a model)",
+            self._standin.base_url,
+        )
+        return self._standin.base_url
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """A channel kept open for the mesh's lifetime (service-to-service calls)."""
@@ -94,8 +118,10 @@ class Mesh:
         await self.server.stop()
         for channel in self._channels:
             await channel.close()
-        if self.registry:
-            await self.registry.stop()
+        for component in reversed(self.components):
+            await component.stop()
+        if self._standin:
+            await self._standin.stop()
         await self.events.close()
         if self._nats:
             await self._nats.stop()

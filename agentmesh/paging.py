@@ -8,6 +8,7 @@ from agentmesh.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+_MAX_SEQ = 2**63 - 1  # the largest BIGINT
 
 
 def page_size(requested: int) -> int:
@@ -27,6 +28,11 @@ def decode_page_token(token: str, field: str = "page_token") -> int:
         version, _, seq = raw.partition(":")
         if version != "v1":
             raise ValueError(version)
-        return int(seq)
+        last_seq = int(seq)
+        # Issued tokens hold a row sequence; anything else (negative, or too big
+        # for a database integer) would fail deep in the query instead of here.
+        if not 0 < last_seq <= _MAX_SEQ:
+            raise ValueError(seq)
+        return last_seq
     except ValueError:
         raise InvalidArgument([(field, "not a page token this service issued")]) from None

@@ -39,9 +39,7 @@ async def mesh(backend, request, tmp_path_factory) -> AsyncIterator[Mesh]:
     """The mesh on each database backend; tests that take it run once per backend."""
     data_dir = tmp_path_factory.mktemp(f"mesh-{backend}")
     pg = request.getfixturevalue("postgres") if backend == "postgres" else None
-    settings = Settings(
-        data_dir=data_dir, port=0, database_url=database_url(backend, pg, data_dir)
-    )
+    settings = Settings(data_dir=data_dir, port=0, database_url=database_url(backend, pg, data_dir))
     async with Mesh(settings) as running:
         yield running
 

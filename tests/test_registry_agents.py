@@ -113,9 +113,7 @@ async def test_pagination_over_250_agents(new_user):
     token = ""
     pages = 0
     while True:
-        page = await client.registry.ListAgents(
-            r.ListAgentsRequest(page_size=40, page_token=token)
-        )
+        page = await client.registry.ListAgents(r.ListAgentsRequest(page_size=40, page_token=token))
         pages += 1
         assert len(page.agents) <= 40
         seen.extend(a.display_name for a in page.agents)

@@ -13,6 +13,10 @@ _REGEX = "GUARDRAIL_IMPLEMENTATION_REGEX"
 
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:
+    # validator_for looks $schema up as a dict key: a non-string one would crash
+    # it (TypeError, AttributeError) instead of failing the check.
+    if not isinstance(schema.get("$schema", ""), str):
+        return "not a valid JSON Schema: $schema must be a string"
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, timedelta
 
 from google.protobuf import empty_pb2, json_format
@@ -27,6 +28,7 @@ _UPDATABLE = {
     if field.name not in ("name", "create_time", "update_time", "etag")
 }
 DEFAULT_RESERVATION_TTL = timedelta(minutes=10)
+_AGENT_NAME = re.compile(r"agents/[A-Za-z0-9_-]{1,64}")  # as in registry.proto
 
 
 def _timestamp(value) -> Timestamp:
@@ -100,12 +102,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def UpdateAgent(self, request, context):
         user = current_user()
+        # request.agent is exempt from buf.validate (see the proto), so its name is
+        # checked here: a malformed one is the caller's mistake, not NOT_FOUND.
+        violations = []
         if not request.agent.name:
-            raise InvalidArgument([("agent.name", "name the agent to update")])
+            violations.append(("agent.name", "name the agent to update"))
+        elif not _AGENT_NAME.fullmatch(request.agent.name):
+            violations.append(("agent.name", "must look like agents/{agent}"))
+        violations.extend(
+            ("update_mask", f"{path!r} is not an updatable field")
+            for path in request.update_mask.paths
+            if path not in _UPDATABLE
+        )
+        if violations:
+            raise InvalidArgument(violations)
         agent_id = _id(request.agent.name, "agents")
-        for path in request.update_mask.paths:
-            if path not in _UPDATABLE:
-                raise InvalidArgument([("update_mask", f"{path!r} is not an updatable field")])
         existing = await self._store.get_agent(user.user_id, agent_id)
         if request.agent.etag and request.agent.etag != existing.etag:
             raise Aborted(f"agents/{agent_id} changed since it was read; read it again")

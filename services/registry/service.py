@@ -7,7 +7,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from agentmesh.auth import Authenticator, Principal
+from agentmesh.auth import Principal
 from agentmesh.config import Settings, write_private_file
 from agentmesh.db import create_engine, migrate
 from agentmesh.events import EventBus
@@ -23,10 +23,10 @@ log = logging.getLogger("agentmesh.registry")
 class Registry:
     name = "registry"
 
-    def __init__(self, settings: Settings, events: EventBus, sweep_seconds: float = 5.0):
+    def __init__(self, settings: Settings, events: EventBus):
         self._settings = settings
         self._events = events
-        self._sweep_seconds = sweep_seconds
+        self._sweep_seconds = settings.reservation_sweep_seconds
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -37,10 +37,13 @@ class Registry:
         self._sweeper = asyncio.create_task(self._release_expired_reservations())
 
     async def lookup_key(self, key: str) -> Principal | None:
-        user = await self.store.user_for_key(key)
-        return None if user is None else Principal(user=f"users/{user.id}", admin=user.admin)
+        found = await self.store.key_owner(key)
+        if found is None:
+            return None
+        user, expire_time = found
+        return Principal(user=f"users/{user.id}", admin=user.admin, expire_time=expire_time)
 
-    def register(self, server: GrpcServer, authenticator: Authenticator) -> None:
+    def register(self, server: GrpcServer) -> None:
         server.add(
             "agentmesh.registry.v1.RegistryService",
             registry_pb2_grpc.add_RegistryServiceServicer_to_server,
@@ -49,7 +52,7 @@ class Registry:
         server.add(
             "agentmesh.registry.v1.AccountService",
             account_pb2_grpc.add_AccountServiceServicer_to_server,
-            AccountServicer(self.store, authenticator),
+            AccountServicer(self.store, server.authenticator),
             service_only=SERVICE_ONLY,
         )
 

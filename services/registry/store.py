@@ -284,6 +284,11 @@ class RegistryStore:
 
     async def user_for_key(self, secret: str) -> User | None:
         """The key's owner, or None for an unknown or expired key."""
+        found = await self.key_owner(secret)
+        return None if found is None else found[0]
+
+    async def key_owner(self, secret: str) -> tuple[User, datetime | None] | None:
+        """The key's owner and when the key expires; None for an unknown or expired key."""
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -294,9 +299,11 @@ class RegistryStore:
             ).first()
         if row is None:
             return None
-        if row.key_expire_time is not None and _aware(row.key_expire_time) <= now():
+        expire_time = _aware(row.key_expire_time)
+        if expire_time is not None and expire_time <= now():
             return None
-        return User(row.id, row.display_name, row.email, row.admin, _aware(row.create_time))
+        user = User(row.id, row.display_name, row.email, row.admin, _aware(row.create_time))
+        return user, expire_time
 
     # ---- credits ----------------------------------------------------------
 

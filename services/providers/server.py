@@ -1,0 +1,275 @@
+"""gRPC servicer of the providers service: protos in, store and secret calls, protos out."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, empty_pb2, json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentmesh import paging
+from agentmesh.auth import current_user
+from agentmesh.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
+from agentmesh.events import PROVIDERS_CHANGED, EventBus
+from agentmesh.gen.events.v1 import events_pb2
+from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.gen.providers.v1 import providers_pb2_grpc
+from agentmesh.server import validate
+from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
+from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
+from services.providers.store import Provider, ProviderStore, new_id, now
+
+_UPDATABLE = {
+    "display_name",
+    "base_url",
+    "api_key",
+    "models",
+    "default_model",
+    "organization",
+    "additional_config",
+    "default",
+}
+_CONFIG_FIELDS = ("display_name", "base_url", "models", "default_model", "organization")
+SERVICE_ONLY = ("ResolveCredentials",)
+
+
+def _type_name(value: int) -> str:
+    return p.ProviderType.Name(value).removeprefix("PROVIDER_TYPE_").lower()
+
+
+def _type_value(name: str) -> int:
+    return p.ProviderType.Value("PROVIDER_TYPE_" + name.upper())
+
+
+def _timestamp(value) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _secret_path(user_id: str, provider_id: str) -> str:
+    return f"users/{user_id}/providers/{provider_id}"
+
+
+def _hint(api_key: str) -> str:
+    # Short keys would give too much away; real provider keys are far longer.
+    return api_key[-4:] if len(api_key) >= 16 else ""
+
+
+def _config(message: p.Provider) -> dict:
+    config = {name: getattr(message, name) for name in _CONFIG_FIELDS}
+    config["models"] = list(message.models)
+    config["type"] = _type_name(message.type)
+    config["additional_config"] = json_format.MessageToDict(message.additional_config)
+    return config
+
+
+def _proto(provider: Provider) -> p.Provider:
+    config = provider.config
+    message = p.Provider(
+        name=f"providers/{provider.id}",
+        type=_type_value(config["type"]),
+        api_key_hint=provider.api_key_hint,
+        default=provider.is_default,
+        etag=provider.etag,
+        create_time=_timestamp(provider.create_time),
+        update_time=_timestamp(provider.update_time),
+        **{name: config[name] for name in _CONFIG_FIELDS},
+    )
+    message.additional_config.update(config["additional_config"])
+    return message
+
+
+def _check(message: p.Provider, require_key: bool) -> None:
+    kind = _type_name(message.type)
+    if kind in NEEDS_BASE_URL and not message.base_url:
+        raise InvalidArgument([("provider.base_url", f"a {kind} provider needs a base_url")])
+    if require_key and kind != "custom" and not message.api_key:
+        raise InvalidArgument([("provider.api_key", f"a {kind} provider needs an api_key")])
+    if message.default_model and message.models and message.default_model not in message.models:
+        raise InvalidArgument([("provider.default_model", "must be one of provider.models")])
+
+
+def _base_url(config: dict) -> str:
+    return config["base_url"] or DEFAULT_BASE_URLS[config["type"]]
+
+
+class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
+    def __init__(
+        self,
+        store: ProviderStore,
+        secrets: SecretStore,
+        events: EventBus,
+        system_default: p.Credentials | None,
+    ):
+        self._store = store
+        self._secrets = secrets
+        self._events = events
+        self._system_default = system_default
+
+    async def CreateProvider(self, request, context):
+        user = current_user()
+        _check(request.provider, require_key=True)
+        provider_id, api_key = new_id(), request.provider.api_key
+        path = _secret_path(user.user_id, provider_id)
+        # The secret first: if the store is down nothing is written at all, and
+        # if the row then fails the secret is taken back.
+        version = await self._put_secret(path, api_key)
+        created = now()
+        provider = Provider(
+            provider_id,
+            user.user_id,
+            _config(request.provider),
+            request.provider.default,
+            _hint(api_key),
+            version,
+            new_id(),
+            created,
+            created,
+        )
+        try:
+            provider = await self._store.create(provider)
+        except BaseException:
+            await self._secrets.delete(path)
+            raise
+        await self._changed(provider, events_pb2.CHANGE_KIND_CREATED)
+        return _proto(provider)
+
+    async def GetProvider(self, request, context):
+        provider = await self._store.get(current_user().user_id, _id(request.name))
+        return _proto(provider)
+
+    async def ListProviders(self, request, context):
+        providers, last_seq = await self._store.list(
+            current_user().user_id,
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return p.ListProvidersResponse(
+            providers=[_proto(provider) for provider in providers],
+            next_page_token=paging.encode_page_token(last_seq) if last_seq else "",
+        )
+
+    async def UpdateProvider(self, request, context):
+        user = current_user()
+        if not request.provider.name:
+            raise InvalidArgument([("provider.name", "name the provider to update")])
+        for path in request.update_mask.paths:
+            if path not in _UPDATABLE:
+                raise InvalidArgument([("update_mask", f"{path!r} is not an updatable field")])
+        existing = await self._store.get(user.user_id, _id(request.provider.name))
+        if request.provider.etag and request.provider.etag != existing.etag:
+            raise Aborted(f"{request.provider.name} changed since it was read; read it again")
+        merged = _proto(existing)
+        request.update_mask.MergeMessage(
+            request.provider, merged, replace_message_field=True, replace_repeated_field=True
+        )
+        validate(merged, prefix="provider.")
+        _check(merged, require_key=False)
+        existing.config, existing.is_default = _config(merged), merged.default
+        if "api_key" in request.update_mask.paths:
+            if not merged.api_key and existing.config["type"] != "custom":
+                raise InvalidArgument([("provider.api_key", "cannot be emptied; rotate it")])
+            # Rotation: a new version of the same secret, used from the next resolution on.
+            existing.secret_version = await self._put_secret(
+                _secret_path(user.user_id, existing.id), merged.api_key
+            )
+            existing.api_key_hint = _hint(merged.api_key)
+        provider = await self._store.update(existing, expected_etag=existing.etag)
+        await self._changed(provider, events_pb2.CHANGE_KIND_UPDATED)
+        return _proto(provider)
+
+    async def DeleteProvider(self, request, context):
+        user = current_user()
+        provider = await self._store.get(user.user_id, _id(request.name))
+        try:
+            await self._secrets.delete(_secret_path(user.user_id, provider.id))
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+        await self._store.delete(user.user_id, provider.id)
+        await self._changed(provider, events_pb2.CHANGE_KIND_DELETED)
+        return empty_pb2.Empty()
+
+    async def TestProvider(self, request, context):
+        user = current_user()
+        provider = await self._store.get(user.user_id, _id(request.name))
+        api_key = await self._get_secret(user.user_id, provider)
+        result = await probe(
+            _base_url(provider.config),
+            api_key,
+            provider.config["organization"],
+            request.model or provider.config["default_model"],
+        )
+        latency = duration_pb2.Duration()
+        latency.FromNanoseconds(int(result.latency_seconds * 1e9))
+        return p.TestProviderResponse(
+            ok=result.ok,
+            message=result.message,
+            failure_reason=result.failure_reason,
+            models=result.models,
+            latency=latency,
+        )
+
+    async def ResolveCredentials(self, request, context):
+        user_id = request.user.removeprefix("users/")
+        if request.provider:
+            provider = await self._store.get(user_id, _id(request.provider))
+        else:
+            provider = await self._store.get_default(user_id)
+        if provider is None:
+            if self._system_default is None:
+                raise FailedPrecondition(
+                    "no model provider is configured: add one with "
+                    "ProviderService.CreateProvider (POST /api/v1/providers) and mark it "
+                    "default, or set OPENAI_API_KEY for the system default",
+                    reason="NO_PROVIDER",
+                )
+            return self._system_default
+        config = provider.config
+        credentials = p.Credentials(
+            provider=f"providers/{provider.id}",
+            type=_type_value(config["type"]),
+            base_url=_base_url(config),
+            api_key=await self._get_secret(user_id, provider),
+            organization=config["organization"],
+            default_model=config["default_model"],
+            version=provider.secret_version,
+        )
+        credentials.additional_config.update(config["additional_config"])
+        return credentials
+
+    async def _put_secret(self, path: str, api_key: str) -> str:
+        try:
+            return await self._secrets.put(path, api_key)
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+
+    async def _get_secret(self, user_id: str, provider: Provider) -> str:
+        try:
+            return await self._secrets.get(_secret_path(user_id, provider.id))
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+        except SecretNotFound:
+            raise FailedPrecondition(
+                f"providers/{provider.id} has lost its API key; set a new one with UpdateProvider",
+                reason="SECRET_MISSING",
+            ) from None
+
+    async def _changed(self, provider: Provider, kind: int) -> None:
+        await self._events.publish(
+            PROVIDERS_CHANGED,
+            events_pb2.ProviderChanged(
+                provider=f"providers/{provider.id}",
+                user=f"users/{provider.user_id}",
+                kind=kind,
+                time=_timestamp(now()),
+            ),
+        )
+
+
+def _id(name: str) -> str:
+    return name.removeprefix("providers/")
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(
+        "the secret store is unavailable; nothing was changed", retry_after_seconds=5
+    )

@@ -1,0 +1,176 @@
+"""Provider configs: everything but the API key, which only the secret store holds."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from agentmesh.errors import Aborted, NotFound
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProviderRow(Base):
+    __tablename__ = "providers"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    # type, display_name, base_url, models, default_model, organization, additional_config
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    is_default: Mapped[bool] = mapped_column(Boolean)
+    api_key_hint: Mapped[str] = mapped_column(String(8))
+    secret_version: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass
+class Provider:
+    id: str
+    user_id: str
+    config: dict[str, Any]
+    is_default: bool
+    api_key_hint: str
+    secret_version: str
+    etag: str
+    create_time: datetime
+    update_time: datetime
+    seq: int = 0
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _provider(row) -> Provider:
+    return Provider(
+        row.id,
+        row.user_id,
+        row.config,
+        row.is_default,
+        row.api_key_hint,
+        row.secret_version,
+        row.etag,
+        _aware(row.create_time),
+        _aware(row.update_time),
+        row.seq,
+    )
+
+
+class ProviderStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def create(self, provider: Provider) -> Provider:
+        async with self.engine.begin() as conn:
+            if provider.is_default:
+                await self._clear_default(conn, provider.user_id)
+            result = await conn.execute(
+                ProviderRow.__table__.insert().values(
+                    id=provider.id,
+                    user_id=provider.user_id,
+                    config=provider.config,
+                    is_default=provider.is_default,
+                    api_key_hint=provider.api_key_hint,
+                    secret_version=provider.secret_version,
+                    etag=provider.etag,
+                    create_time=provider.create_time,
+                    update_time=provider.update_time,
+                )
+            )
+            provider.seq = result.inserted_primary_key[0]
+        return provider
+
+    async def get(self, user_id: str, provider_id: str) -> Provider:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ProviderRow).where(
+                        ProviderRow.id == provider_id, ProviderRow.user_id == user_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"providers/{provider_id}")
+        return _provider(row)
+
+    async def get_default(self, user_id: str) -> Provider | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ProviderRow).where(
+                        ProviderRow.user_id == user_id, ProviderRow.is_default.is_(True)
+                    )
+                )
+            ).first()
+        return None if row is None else _provider(row)
+
+    async def list(self, user_id: str, after_seq: int, limit: int) -> tuple[list[Provider], int]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(ProviderRow)
+                    .where(ProviderRow.user_id == user_id, ProviderRow.seq > after_seq)
+                    .order_by(ProviderRow.seq)
+                    .limit(limit + 1)
+                )
+            ).all()
+        providers = [_provider(row) for row in rows[:limit]]
+        return providers, providers[-1].seq if len(rows) > limit else 0
+
+    async def update(self, provider: Provider, expected_etag: str) -> Provider:
+        provider.etag, provider.update_time = new_id(), now()
+        async with self.engine.begin() as conn:
+            if provider.is_default:
+                await self._clear_default(conn, provider.user_id)
+            result = await conn.execute(
+                update(ProviderRow)
+                .where(
+                    ProviderRow.id == provider.id,
+                    ProviderRow.user_id == provider.user_id,
+                    ProviderRow.etag == expected_etag,
+                )
+                .values(
+                    config=provider.config,
+                    is_default=provider.is_default,
+                    api_key_hint=provider.api_key_hint,
+                    secret_version=provider.secret_version,
+                    etag=provider.etag,
+                    update_time=provider.update_time,
+                )
+            )
+            if result.rowcount == 0:
+                raise Aborted(f"providers/{provider.id} changed since it was read; read it again")
+        return provider
+
+    async def delete(self, user_id: str, provider_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(ProviderRow).where(
+                    ProviderRow.id == provider_id, ProviderRow.user_id == user_id
+                )
+            )
+
+    async def _clear_default(self, conn, user_id: str) -> None:
+        await conn.execute(
+            update(ProviderRow)
+            .where(ProviderRow.user_id == user_id, ProviderRow.is_default.is_(True))
+            .values(is_default=False)
+        )

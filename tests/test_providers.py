@@ -1,0 +1,342 @@
+"""The providers service against a real OpenBao and against the local encrypted store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import grpc
+import hvac
+import openai
+import pytest
+from google.protobuf import field_mask_pb2
+
+from agentmesh.client import Client
+from agentmesh.config import Settings
+from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.mesh import Mesh
+from agentmesh.testing.model_server import ModelServer, Reply, ToolCall
+from agentmesh.testing.vault import DevVault
+from services.providers.secrets import SecretNotFound
+from services.providers.service import secret_store
+from tests.conftest import admin_key, service_token
+
+KEY = "sk-test-" + "k3y" * 10 + "WXYZ"
+ROTATED = "sk-test-" + "r0t" * 10 + "ABCD"
+
+
+@pytest.fixture(scope="session")
+def vault():
+    with DevVault() as server:
+        yield server
+
+
+def _settings(data_dir, store: str, vault: DevVault | None) -> Settings:
+    extra = {"vault_url": vault.url, "vault_token": vault.token} if vault else {}
+    return Settings(
+        data_dir=data_dir,
+        port=0,
+        secret_store=store,
+        standin_model=False,
+        openai_api_key="",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session", params=["vault", "local"])
+async def providers_mesh(request, tmp_path_factory):
+    store = request.param
+    dev_vault = request.getfixturevalue("vault") if store == "vault" else None
+    data_dir = tmp_path_factory.mktemp(f"providers-{store}")
+    async with Mesh(_settings(data_dir, store, dev_vault)) as mesh:
+        yield mesh
+
+
+@pytest.fixture(scope="session")
+async def model_server():
+    async with ModelServer(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def tenant(providers_mesh):
+    """A fresh user's client and a service client for the same mesh."""
+    from agentmesh.gen.registry.v1 import account_pb2
+
+    admin = Client(providers_mesh.address, admin_key(providers_mesh))
+    clients = [admin]
+
+    async def make():
+        user = await admin.accounts.CreateUser(
+            account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
+        )
+        key = await admin.accounts.CreateApiKey(account_pb2.CreateApiKeyRequest(parent=user.name))
+        client = Client(providers_mesh.address, key.secret)
+        clients.append(client)
+        return client, user.name
+
+    service = Client(providers_mesh.address, service_token(providers_mesh))
+    clients.append(service)
+    yield make, service
+    for client in clients:
+        await client.close()
+
+
+def custom(base_url: str, api_key: str = KEY, **fields) -> p.CreateProviderRequest:
+    return p.CreateProviderRequest(
+        provider=p.Provider(
+            display_name="local",
+            type=p.PROVIDER_TYPE_CUSTOM,
+            base_url=base_url,
+            api_key=api_key,
+            **fields,
+        )
+    )
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def _bytes_under(directory) -> bytes:
+    return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
+
+
+async def test_key_goes_to_the_secret_store_and_nowhere_else(
+    providers_mesh, tenant, model_server, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    make, service = tenant
+    client, user = await make()
+    created = await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    assert created.api_key == "" and created.api_key_hint == "WXYZ"
+    fetched = await client.providers.GetProvider(p.GetProviderRequest(name=created.name))
+    listed = await client.providers.ListProviders(p.ListProvidersRequest())
+    for message in (created, fetched, listed):
+        assert KEY.encode() not in message.SerializeToString()
+
+    settings = providers_mesh.settings
+    assert await secret_store(settings).get(f"{user}/providers/{created.name.split('/')[1]}") == KEY
+    if settings.secret_store == "vault":
+        raw = hvac.Client(url=settings.vault_url, token=settings.vault_token)
+        path = f"{settings.vault_path_prefix}/{user}/providers/{created.name.split('/')[1]}"
+        stored = raw.secrets.kv.v2.read_secret_version(
+            path, mount_point="secret", raise_on_deleted_version=True
+        )
+        assert KEY in json.dumps(stored["data"]["data"])
+    # Not in the database, not in the encrypted files, not in any log line.
+    assert KEY.encode() not in (settings.data_dir / "providers.db").read_bytes()
+    assert KEY.encode() not in _bytes_under(settings.data_dir)
+    assert KEY not in caplog.text
+
+    credentials = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
+    assert credentials.api_key == KEY and credentials.provider == created.name
+    assert KEY not in caplog.text
+
+
+async def test_rotation_is_used_by_the_next_resolution_and_delete_removes_the_secret(
+    providers_mesh, tenant, model_server
+):
+    make, service = tenant
+    client, user = await make()
+    created = await client.providers.CreateProvider(custom(model_server.base_url))
+    first = await service.providers.ResolveCredentials(
+        p.ResolveCredentialsRequest(user=user, provider=created.name)
+    )
+    rotated = await client.providers.UpdateProvider(
+        p.UpdateProviderRequest(
+            provider=p.Provider(name=created.name, api_key=ROTATED),
+            update_mask=field_mask_pb2.FieldMask(paths=["api_key"]),
+        )
+    )
+    assert rotated.api_key_hint == "ABCD"
+    second = await service.providers.ResolveCredentials(
+        p.ResolveCredentialsRequest(user=user, provider=created.name)
+    )
+    assert (first.api_key, second.api_key) == (KEY, ROTATED)
+    assert first.version != second.version
+
+    await client.providers.DeleteProvider(p.DeleteProviderRequest(name=created.name))
+    with pytest.raises(SecretNotFound):
+        await secret_store(providers_mesh.settings).get(
+            f"{user}/providers/{created.name.split('/')[1]}"
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.GetProvider(p.GetProviderRequest(name=created.name))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_resolve_credentials_is_service_only_and_tenant_scoped(
+    providers_mesh, tenant, model_server
+):
+    make, service = tenant
+    owner, owner_name = await make()
+    other, other_name = await make()
+    created = await owner.providers.CreateProvider(custom(model_server.base_url))
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await owner.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=owner_name))
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await service.providers.ResolveCredentials(
+            p.ResolveCredentialsRequest(user=other_name, provider=created.name)
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # No provider of one's own and no system default: a precondition, with directions.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=other_name))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CreateProvider" in error.value.details()
+
+    for call, request in (
+        (other.providers.GetProvider, p.GetProviderRequest(name=created.name)),
+        (other.providers.TestProvider, p.TestProviderRequest(name=created.name)),
+        (other.providers.DeleteProvider, p.DeleteProviderRequest(name=created.name)),
+        (
+            other.providers.UpdateProvider,
+            p.UpdateProviderRequest(
+                provider=p.Provider(name=created.name, display_name="mine"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(request)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await other.providers.ListProviders(p.ListProvidersRequest())).providers == []
+    unchanged = await owner.providers.GetProvider(p.GetProviderRequest(name=created.name))
+    assert unchanged.display_name == "local"
+
+
+async def test_test_provider_reports_success_and_distinct_failures(
+    providers_mesh, tenant, model_server
+):
+    make, _ = tenant
+    client, _ = await make()
+    good = await client.providers.CreateProvider(custom(model_server.base_url))
+    closed = await client.providers.CreateProvider(custom(_closed_port_url()))
+    wrong_key = await client.providers.CreateProvider(custom(model_server.base_url, "sk-wrong"))
+
+    ok = await client.providers.TestProvider(p.TestProviderRequest(name=good.name))
+    assert ok.ok and ok.models and not ok.failure_reason
+    refused = await client.providers.TestProvider(p.TestProviderRequest(name=closed.name))
+    assert not refused.ok and refused.failure_reason == "UNREACHABLE"
+    assert "could not connect" in refused.message
+    rejected = await client.providers.TestProvider(p.TestProviderRequest(name=wrong_key.name))
+    assert not rejected.ok and rejected.failure_reason == "UNAUTHENTICATED"
+    assert "401" in rejected.message and "sk-wrong" not in rejected.message
+    missing = await client.providers.TestProvider(
+        p.TestProviderRequest(name=good.name, model="no-such-model")
+    )
+    assert not missing.ok and missing.failure_reason == "MODEL_NOT_FOUND"
+
+
+async def test_openai_client_through_a_custom_provider(providers_mesh, tenant, model_server):
+    make, service = tenant
+    client, user = await make()
+    await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    credentials = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
+    model_server.reset()
+    model_server.enqueue(
+        Reply(text="hello from the stand-in"),
+        Reply(text="streamed reply"),
+        Reply(tool_calls=[ToolCall("get_weather", {"city": "Rome"})]),
+    )
+    async with openai.AsyncOpenAI(
+        base_url=credentials.base_url, api_key=credentials.api_key
+    ) as llm:
+        chat = await llm.chat.completions.create(
+            model="stand-in-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert chat.choices[0].message.content == "hello from the stand-in"
+        stream = await llm.chat.completions.create(
+            model="stand-in-model", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "streamed reply"
+        tool_reply = await llm.chat.completions.create(
+            model="stand-in-model",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=[
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    },
+                }
+            ],
+        )
+        call = tool_reply.choices[0].message.tool_calls[0]
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Rome"}
+    assert all(
+        request.headers["authorization"] == f"Bearer {KEY}" for request in model_server.requests
+    )
+
+
+async def test_bad_provider_input_names_the_field(providers_mesh, tenant):
+    make, _ = tenant
+    client, _ = await make()
+    cases = [
+        (custom(""), "provider.base_url"),
+        (
+            p.CreateProviderRequest(
+                provider=p.Provider(display_name="x", type=p.PROVIDER_TYPE_OPENAI)
+            ),
+            "provider.api_key",
+        ),
+        (p.CreateProviderRequest(provider=p.Provider(display_name="x")), "provider.type"),
+        (custom("ftp://example.com"), "provider.base_url"),
+    ]
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.providers.CreateProvider(request)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        fields = []
+        for detail in rpc_status.from_call(error.value).details:
+            bad_request = error_details_pb2.BadRequest()
+            if detail.Unpack(bad_request):
+                fields += [violation.field for violation in bad_request.field_violations]
+        assert field in fields
+    assert (await client.providers.ListProviders(p.ListProvidersRequest())).providers == []
+
+
+@pytest.mark.parametrize("failure", ["stopped", "sealed"])
+async def test_vault_down_or_sealed_fails_unavailable_and_writes_nothing(
+    failure, tmp_path, model_server
+):
+    with DevVault() as broken:
+        async with Mesh(_settings(tmp_path, "vault", broken)) as mesh:
+            from agentmesh.gen.registry.v1 import account_pb2
+
+            async with Client(mesh.address, admin_key(mesh)) as admin:
+                user = await admin.accounts.CreateUser(
+                    account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
+                )
+                key = await admin.accounts.CreateApiKey(
+                    account_pb2.CreateApiKeyRequest(parent=user.name)
+                )
+            if failure == "stopped":
+                broken.stop()
+            else:
+                broken.seal()
+            async with Client(mesh.address, key.secret) as client:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await client.providers.CreateProvider(custom(model_server.base_url))
+                assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert KEY not in error.value.details()
+                listed = await client.providers.ListProviders(p.ListProvidersRequest())
+                assert listed.providers == []
