@@ -7,6 +7,7 @@ they would across pods; sharing a process only saves the deployment.
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 
 import grpc
 
@@ -28,7 +29,7 @@ SERVICES = ("registry", "providers")
 
 
 def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLookup:
-    """Authenticates API keys by asking the registry (for processes without it)."""
+    """Authenticates API keys by asking the registry's AccountService.Authenticate."""
     stub = account_pb2_grpc.AccountServiceStub(channel)
     metadata = (("authorization", f"Bearer {service_token}"),)
 
@@ -41,7 +42,10 @@ def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLooku
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None
             raise Unavailable("the registry cannot check credentials right now") from None
-        return Principal(user=principal.user, admin=principal.admin)
+        expire_time = None
+        if principal.HasField("expire_time"):
+            expire_time = principal.expire_time.ToDatetime(tzinfo=UTC)
+        return Principal(user=principal.user, admin=principal.admin, expire_time=expire_time)
 
     return lookup
 
@@ -57,7 +61,6 @@ class Mesh:
         self._nats: EmbeddedNats | None = None
         self._standin: ModelServer | None = None
         self.components: list = []
-        self.registry: Registry | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     @property
@@ -76,24 +79,29 @@ class Mesh:
         service_token = settings.resolved_service_token()
 
         if "registry" in self.services:
-            self.registry = Registry(settings, self.events)
-            self.components.append(self.registry)
+            self.components.append(Registry(settings, self.events))
         if "providers" in self.services:
             self.components.append(Providers(settings, self.events, await self._standin_url()))
         for component in self.components:
             await component.start()
 
-        if self.registry:
-            lookup = self.registry.lookup_key
-        else:
-            lookup = remote_key_lookup(self.channel(settings.registry_target), service_token)
-        self.authenticator = Authenticator(service_token, lookup, settings.auth_cache_seconds)
+        self.authenticator = Authenticator(
+            service_token, self._lookup_key, settings.auth_cache_seconds
+        )
         self.server = GrpcServer(self.authenticator)
         for component in self.components:
             component.register(self.server)
         self.port = self.server.bind(f"{settings.host}:{settings.port}")
+        # Keys are checked by asking the registry over gRPC, also when it shares
+        # this process: one path, whatever the deployment. No call can arrive
+        # before the server starts, so the channel is made once the port is known.
+        registry = self.channel(settings.registry_target or self.address)
+        self._key_lookup = remote_key_lookup(registry, service_token)
         await self.server.start()
         log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
+
+    async def _lookup_key(self, key: str) -> Principal | None:
+        return await self._key_lookup(key)
 
     async def _standin_url(self) -> str:
         """Starts the stand-in model server when there is no real default provider."""

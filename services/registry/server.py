@@ -332,10 +332,14 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         return _balance_proto(balance)
 
     async def Authenticate(self, request, context):
-        user = await self._store.user_for_key(request.api_key)
-        if user is None:
+        found = await self._store.key_owner(request.api_key)
+        if found is None:
             raise NotFound("api key")
-        return account_pb2.Principal(user=f"users/{user.id}", admin=user.admin)
+        user, expire_time = found
+        principal = account_pb2.Principal(user=f"users/{user.id}", admin=user.admin)
+        if expire_time:
+            principal.expire_time.CopyFrom(_timestamp(expire_time))
+        return principal
 
     async def ReserveCredits(self, request, context):
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else timedelta(0)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-from agentmesh.auth import Principal
 from agentmesh.config import Settings, write_private_file
 from agentmesh.db import create_engine, migrate
 from agentmesh.events import EventBus
@@ -35,13 +34,6 @@ class Registry:
         self.store = RegistryStore(create_engine(url))
         await self._bootstrap_admin()
         self._sweeper = asyncio.create_task(self._release_expired_reservations())
-
-    async def lookup_key(self, key: str) -> Principal | None:
-        found = await self.store.key_owner(key)
-        if found is None:
-            return None
-        user, expire_time = found
-        return Principal(user=f"users/{user.id}", admin=user.admin, expire_time=expire_time)
 
     def register(self, server: GrpcServer) -> None:
         server.add(

@@ -282,11 +282,6 @@ class RegistryStore:
         if result.rowcount == 0:
             raise NotFound(f"users/{user_id}/apiKeys/{key_id}")
 
-    async def user_for_key(self, secret: str) -> User | None:
-        """The key's owner, or None for an unknown or expired key."""
-        found = await self.key_owner(secret)
-        return None if found is None else found[0]
-
     async def key_owner(self, secret: str) -> tuple[User, datetime | None] | None:
         """The key's owner and when the key expires; None for an unknown or expired key."""
         async with self.engine.connect() as conn:

@@ -58,12 +58,14 @@ class CreditBalance(_message.Message):
     def __init__(self, name: _Optional[str] = ..., balance: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("user", "admin")
+    __slots__ = ("user", "admin", "expire_time")
     USER_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     user: str
     admin: bool
-    def __init__(self, user: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, user: _Optional[str] = ..., admin: _Optional[bool] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("name", "user", "amount", "expire_time")
