@@ -70,12 +70,12 @@ class Mesh:
     async def start(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        nats_url = settings.nats_url
-        if not nats_url:
+        self.nats_url = settings.nats_url
+        if not self.nats_url:
             self._nats = EmbeddedNats(settings.data_dir / "nats")
             await self._nats.start()
-            nats_url = self._nats.url
-        self.events = await EventBus.connect(nats_url, name="agentmesh")
+            self.nats_url = self._nats.url
+        self.events = await EventBus.connect(self.nats_url, name="agentmesh")
         service_token = settings.resolved_service_token()
 
         if "registry" in self.services:

@@ -48,7 +48,8 @@ async def mesh(backend, request, tmp_path_factory) -> AsyncIterator[Mesh]:
 async def sqlite_mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
     """One SQLite mesh, for tests whose subject does not depend on the database."""
     data_dir = tmp_path_factory.mktemp("mesh-sqlite-only")
-    async with Mesh(Settings(data_dir=data_dir, port=0)) as running:
+    # No OPENAI_API_KEY, whatever the environment: the stand-in is the system default.
+    async with Mesh(Settings(data_dir=data_dir, port=0, openai_api_key="")) as running:
         yield running
 
 

@@ -340,3 +340,34 @@ async def test_vault_down_or_sealed_fails_unavailable_and_writes_nothing(
                 assert KEY not in error.value.details()
                 listed = await client.providers.ListProviders(p.ListProvidersRequest())
                 assert listed.providers == []
+
+
+async def test_system_default_is_the_stand_in_when_offline(sqlite_mesh, new_sqlite_user):
+    _, user = await new_sqlite_user()
+    async with Client(sqlite_mesh.address, service_token(sqlite_mesh)) as service:
+        credentials = await service.providers.ResolveCredentials(
+            p.ResolveCredentialsRequest(user=user.name)
+        )
+    assert credentials.type == p.PROVIDER_TYPE_CUSTOM and credentials.provider == ""
+    async with openai.AsyncOpenAI(base_url=credentials.base_url, api_key="unused") as llm:
+        reply = await llm.chat.completions.create(
+            model="stand-in-model", messages=[{"role": "user", "content": "ping"}]
+        )
+    assert "ping" in reply.choices[0].message.content
+
+
+async def test_system_default_is_openai_api_key_when_set(tmp_path):
+    from agentmesh.gen.registry.v1 import account_pb2
+
+    env_key = "sk-env-" + "e" * 30
+    settings = Settings(data_dir=tmp_path, port=0, openai_api_key=env_key)
+    async with Mesh(settings) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
+        user = await admin.accounts.CreateUser(
+            account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
+        )
+        async with Client(mesh.address, service_token(mesh)) as service:
+            credentials = await service.providers.ResolveCredentials(
+                p.ResolveCredentialsRequest(user=user.name)
+            )
+    assert credentials.type == p.PROVIDER_TYPE_OPENAI
+    assert (credentials.api_key, credentials.base_url) == (env_key, "https://api.openai.com/v1")
