@@ -13,23 +13,26 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.client import Client
+from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "agents.json"
 
 
-async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+async def _start(
+    *args: str, command: tuple[str, ...] = ("up",), env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str, list[str]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "agentmesh.cli",
-        "up",
+        *command,
         "--port",
         "0",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **(env or {})},
     )
     lines: list[str] = []
     while True:
@@ -93,3 +96,47 @@ async def test_up_applies_the_example_agents_and_lists_them_back(tmp_path):
         assert sorted(a.display_name for a in agents) == ["Billing", "Support", "Triage"]
     finally:
         await _stop(process)
+
+
+async def test_serve_runs_services_apart_and_they_talk_over_grpc(tmp_path):
+    """A split deployment: the providers process checks keys with the registry process."""
+    shared = {"AGENTMESH_SERVICE_TOKEN": "split-deployment-token", "OPENAI_API_KEY": ""}
+    registry, registry_address, _ = await _start(
+        "--data-dir", str(tmp_path / "registry"), command=("serve", "registry"), env=shared
+    )
+    providers = None
+    try:
+        providers, providers_address, _ = await _start(
+            "--data-dir",
+            str(tmp_path / "providers"),
+            command=("serve", "providers"),
+            env={**shared, "AGENTMESH_REGISTRY_TARGET": registry_address},
+        )
+        key = (tmp_path / "registry" / "admin.key").read_text().strip()
+        async with Client(providers_address, key) as client:
+            created = await client.providers.CreateProvider(
+                p.CreateProviderRequest(
+                    provider=p.Provider(
+                        display_name="local",
+                        type=p.PROVIDER_TYPE_CUSTOM,
+                        base_url="http://127.0.0.1:9/v1",
+                    )
+                )
+            )
+            assert created.name.startswith("providers/")
+            # The providers process serves no registry of its own.
+            try:
+                await client.registry.ListAgents(r.ListAgentsRequest())
+                raise AssertionError("the providers process answered a registry call")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with Client(providers_address, "am_not-a-key") as stranger:
+            try:
+                await stranger.providers.ListProviders(p.ListProvidersRequest())
+                raise AssertionError("an unknown key was accepted")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        if providers:
+            await _stop(providers)
+        await _stop(registry)
