@@ -57,14 +57,17 @@ def error_info(error: grpc.aio.AioRpcError, reason: str | None = None):
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    """The fields a BadRequest detail names."""
+    """The fields a BadRequest detail names, in order; each must say what is wrong."""
     _, details = rich_status(error)
-    return [
-        violation.field
+    violations = [
+        violation
         for detail in details
         if isinstance(detail, error_details_pb2.BadRequest)
         for violation in detail.field_violations
     ]
+    for violation in violations:
+        assert violation.description, f"{violation.field} has no description"
+    return [violation.field for violation in violations]
 
 
 def error_text(error: grpc.aio.AioRpcError) -> str:

@@ -10,17 +10,19 @@ import grpc
 import hvac
 import openai
 import pytest
+from conftest import admin_key, service_token
 from google.protobuf import field_mask_pb2
+from rpc_helpers import field_violations
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
 from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.gen.registry.v1 import account_pb2
 from agentmesh.mesh import Mesh
 from agentmesh.testing.model_server import ModelServer, Reply, ToolCall
 from agentmesh.testing.vault import DevVault
 from services.providers.secrets import SecretNotFound
 from services.providers.service import secret_store
-from tests.conftest import admin_key, service_token
 
 KEY = "sk-test-" + "k3y" * 10 + "WXYZ"
 ROTATED = "sk-test-" + "r0t" * 10 + "ABCD"
@@ -62,8 +64,6 @@ async def model_server():
 @pytest.fixture
 async def tenant(providers_mesh):
     """A fresh user's client and a service client for the same mesh."""
-    from agentmesh.gen.registry.v1 import account_pb2
-
     admin = Client(providers_mesh.address, admin_key(providers_mesh))
     clients = [admin]
 
@@ -298,19 +298,11 @@ async def test_bad_provider_input_names_the_field(providers_mesh, tenant):
         (p.CreateProviderRequest(provider=p.Provider(display_name="x")), "provider.type"),
         (custom("ftp://example.com"), "provider.base_url"),
     ]
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
     for request, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.providers.CreateProvider(request)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        fields = []
-        for detail in rpc_status.from_call(error.value).details:
-            bad_request = error_details_pb2.BadRequest()
-            if detail.Unpack(bad_request):
-                fields += [violation.field for violation in bad_request.field_violations]
-        assert field in fields
+        assert field in field_violations(error.value)
     assert (await client.providers.ListProviders(p.ListProvidersRequest())).providers == []
 
 
@@ -320,8 +312,6 @@ async def test_vault_down_or_sealed_fails_unavailable_and_writes_nothing(
 ):
     with DevVault() as broken:
         async with Mesh(_settings(tmp_path, "vault", broken)) as mesh:
-            from agentmesh.gen.registry.v1 import account_pb2
-
             async with Client(mesh.address, admin_key(mesh)) as admin:
                 user = await admin.accounts.CreateUser(
                     account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
@@ -357,8 +347,6 @@ async def test_system_default_is_the_stand_in_when_offline(sqlite_mesh, new_sqli
 
 
 async def test_system_default_is_openai_api_key_when_set(tmp_path):
-    from agentmesh.gen.registry.v1 import account_pb2
-
     env_key = "sk-env-" + "e" * 30
     settings = Settings(data_dir=tmp_path, port=0, openai_api_key=env_key)
     async with Mesh(settings) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
@@ -371,3 +359,55 @@ async def test_system_default_is_openai_api_key_when_set(tmp_path):
             )
     assert credentials.type == p.PROVIDER_TYPE_OPENAI
     assert (credentials.api_key, credentials.base_url) == (env_key, "https://api.openai.com/v1")
+
+
+async def test_update_mask_default_and_stale_etag(providers_mesh, tenant, model_server):
+    make, service = tenant
+    client, user = await make()
+    first = await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    second = await client.providers.CreateProvider(
+        custom(model_server.base_url, models=["a", "b"], default_model="a")
+    )
+    mask = field_mask_pb2.FieldMask(paths=["display_name", "default", "default_model"])
+    updated = await client.providers.UpdateProvider(
+        p.UpdateProviderRequest(
+            provider=p.Provider(
+                name=second.name,
+                display_name="renamed",
+                default=True,
+                default_model="b",
+                base_url="http://ignored.example/v1",  # not in the mask
+                etag=second.etag,
+            ),
+            update_mask=mask,
+        )
+    )
+    assert (updated.display_name, updated.default, updated.default_model) == ("renamed", True, "b")
+    assert updated.base_url == model_server.base_url and updated.etag != second.etag
+    # One default per user: the new one replaced the first.
+    assert not (await client.providers.GetProvider(p.GetProviderRequest(name=first.name))).default
+    resolved = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
+    assert resolved.provider == second.name and resolved.default_model == "b"
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.UpdateProvider(
+            p.UpdateProviderRequest(
+                provider=p.Provider(name=second.name, display_name="lost", etag=second.etag),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.ABORTED
+    for paths, field in ((["type"], "update_mask"), (["default_model"], "provider.default_model")):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.providers.UpdateProvider(
+                p.UpdateProviderRequest(
+                    provider=p.Provider(
+                        name=second.name, type=p.PROVIDER_TYPE_OPENAI, default_model="zzz"
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                )
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in field_violations(error.value)
+    unchanged = await client.providers.GetProvider(p.GetProviderRequest(name=second.name))
+    assert unchanged == updated

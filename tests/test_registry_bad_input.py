@@ -12,9 +12,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from rpc_helpers import error_info, field_violations
 
-from agentmesh.errors import DOMAIN
+from agentmesh.catalog import list_all_agents
 from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 
@@ -35,26 +35,8 @@ def regex_guardrail(pattern: str) -> g.Guardrail:
 
 
 def details(error: grpc.aio.AioRpcError) -> tuple[list[str], error_details_pb2.ErrorInfo]:
-    """The BadRequest fields (in order) and the ErrorInfo of an error."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error carries no google.rpc.Status details"
-    assert status.code == error.code().value[0]
-    fields: list[str] = []
-    infos: list[error_details_pb2.ErrorInfo] = []
-    for packed in status.details:
-        if packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            packed.Unpack(bad_request)
-            for violation in bad_request.field_violations:
-                assert violation.description, f"{violation.field} has no description"
-                fields.append(violation.field)
-        elif packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            infos.append(info)
-    assert len(infos) == 1, f"expected exactly one ErrorInfo, got {infos}"
-    assert infos[0].reason and infos[0].domain == DOMAIN
-    return fields, infos[0]
+    """The BadRequest fields (in order) and the one ErrorInfo of an error."""
+    return field_violations(error), error_info(error)
 
 
 async def invalid(call) -> tuple[list[str], error_details_pb2.ErrorInfo]:
@@ -63,18 +45,6 @@ async def invalid(call) -> tuple[list[str], error_details_pb2.ErrorInfo]:
         await call
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
     return details(caught.value)
-
-
-async def all_agents(client) -> list[r.Agent]:
-    agents, token = [], ""
-    while True:
-        page = await client.registry.ListAgents(
-            r.ListAgentsRequest(page_size=1000, page_token=token)
-        )
-        agents.extend(page.agents)
-        token = page.next_page_token
-        if not token:
-            return agents
 
 
 # Each: a bad agent for CreateAgent, the fields that must be named, the ErrorInfo reason.
@@ -157,13 +127,13 @@ async def test_create_agent_rejects_bad_definitions(new_sqlite_user, case):
     bad, expected_fields, reason = CREATE_CASES[case]
     client, _ = await new_sqlite_user()
     existing = await client.registry.CreateAgent(r.CreateAgentRequest(agent=agent("Existing")))
-    before = await all_agents(client)
+    before = await list_all_agents(client)
 
     fields, info = await invalid(client.registry.CreateAgent(r.CreateAgentRequest(agent=bad)))
 
     assert fields == expected_fields
     assert info.reason == (reason or "INVALID_ARGUMENT")
-    after = await all_agents(client)
+    after = await list_all_agents(client)
     assert after == before == [existing]
     assert not [a for a in after if a.display_name == bad.display_name and a != existing]
 
@@ -195,7 +165,7 @@ async def test_several_problems_are_all_reported(new_sqlite_user):
         ]
     )
     assert info.reason == "INVALID_ARGUMENT"
-    assert await all_agents(client) == []
+    assert await list_all_agents(client) == []
 
 
 async def test_several_definition_problems_are_all_reported(new_sqlite_user):
@@ -225,7 +195,7 @@ async def test_several_definition_problems_are_all_reported(new_sqlite_user):
             "agent.output_guardrails[0].config.pattern",
         ]
     )
-    assert await all_agents(client) == []
+    assert await list_all_agents(client) == []
 
 
 async def test_several_missing_handoff_targets_are_all_reported(new_sqlite_user):
@@ -240,7 +210,7 @@ async def test_several_missing_handoff_targets_are_all_reported(new_sqlite_user)
     )
     assert fields == ["agent.handoffs[0]", "agent.handoffs[2]"]
     assert info.reason == "HANDOFF_TARGET_NOT_FOUND"
-    assert await all_agents(client) == [target]
+    assert await list_all_agents(client) == [target]
 
 
 async def test_another_users_agent_is_not_a_handoff_target(new_sqlite_user):
@@ -251,7 +221,7 @@ async def test_another_users_agent_is_not_a_handoff_target(new_sqlite_user):
         client.registry.CreateAgent(r.CreateAgentRequest(agent=agent(handoffs=[theirs.name])))
     )
     assert fields == ["agent.handoffs[0]"]
-    assert await all_agents(client) == []
+    assert await list_all_agents(client) == []
 
 
 def _token(text: str) -> str:
