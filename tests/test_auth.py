@@ -419,3 +419,20 @@ async def test_a_key_secret_is_shown_once_and_never_stored(raw, sqlite_mesh, new
     random_part = created.secret.removeprefix(created.prefix)
     assert created.secret.encode() not in stored
     assert random_part.encode() not in stored
+
+
+async def test_api_keys_list_in_pages(new_sqlite_user):
+    client, user = await new_sqlite_user()  # it has one key already
+    for i in range(4):
+        await client.accounts.CreateApiKey(
+            a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(display_name=f"k{i}"))
+        )
+    first = await client.accounts.ListApiKeys(a.ListApiKeysRequest(parent=user.name, page_size=3))
+    second = await client.accounts.ListApiKeys(
+        a.ListApiKeysRequest(parent=user.name, page_size=3, page_token=first.next_page_token)
+    )
+    assert len(first.api_keys) == 3 and first.next_page_token
+    assert len(second.api_keys) == 2 and not second.next_page_token
+    names = [key.name for key in (*first.api_keys, *second.api_keys)]
+    assert len(set(names)) == 5
+    assert all(not key.secret for key in (*first.api_keys, *second.api_keys))

@@ -307,9 +307,15 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         return _key_proto(key)
 
     async def ListApiKeys(self, request, context):
-        user_id = _own_user_id(request.parent)
-        keys = await self._store.list_api_keys(user_id)
-        return account_pb2.ListApiKeysResponse(api_keys=[_key_proto(key) for key in keys])
+        page = await self._store.list_api_keys(
+            _own_user_id(request.parent),
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return account_pb2.ListApiKeysResponse(
+            api_keys=[_key_proto(key) for key in page.items],
+            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
+        )
 
     async def DeleteApiKey(self, request, context):
         user_name, _, key_id = request.name.partition("/apiKeys/")

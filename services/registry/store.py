@@ -67,7 +67,8 @@ class UserRow(Base):
 
 class ApiKeyRow(Base):
     __tablename__ = "api_keys"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     prefix: Mapped[str] = mapped_column(String(16))
@@ -159,6 +160,7 @@ class ApiKey:
     create_time: datetime
     expire_time: datetime | None
     secret: str = ""  # only when just created
+    seq: int = 0
 
 
 @dataclass
@@ -255,24 +257,29 @@ class RegistryStore:
             )
         return key
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+    async def list_api_keys(self, user_id: str, after_seq: int, limit: int) -> Page:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(ApiKeyRow)
-                .where(ApiKeyRow.user_id == user_id)
-                .order_by(ApiKeyRow.create_time)
-            )
-            return [
-                ApiKey(
-                    r.id,
-                    r.user_id,
-                    r.display_name,
-                    r.prefix,
-                    _aware(r.create_time),
-                    _aware(r.expire_time),
+            rows = (
+                await conn.execute(
+                    select(ApiKeyRow)
+                    .where(ApiKeyRow.user_id == user_id, ApiKeyRow.seq > after_seq)
+                    .order_by(ApiKeyRow.seq)
+                    .limit(limit + 1)
                 )
-                for r in rows
-            ]
+            ).all()
+        keys = [
+            ApiKey(
+                r.id,
+                r.user_id,
+                r.display_name,
+                r.prefix,
+                _aware(r.create_time),
+                _aware(r.expire_time),
+                seq=r.seq,
+            )
+            for r in rows[:limit]
+        ]
+        return Page(keys, keys[-1].seq if len(rows) > limit else 0)
 
     async def delete_api_key(self, user_id: str, key_id: str) -> None:
         async with self.engine.begin() as conn:

@@ -26,7 +26,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "api_keys",
-        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", sa.String(64), nullable=False, unique=True),
         sa.Column(
             "user_id", sa.String(64), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
         ),
