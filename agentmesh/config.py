@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     vault_kubernetes_role: str = ""
     vault_mount: str = "secret"
     vault_path_prefix: str = "agentmesh/providers"
+    # Hosts and networks (CIDR) that user-given URLs may reach although internal,
+    # e.g. ["127.0.0.1", "10.0.0.0/8", "ollama.internal"]; JSON in the environment.
+    outbound_allow: list[str] = []
     # The system default provider for users with none: OPENAI_API_KEY when set.
     openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
     # With no OPENAI_API_KEY, start the stand-in model server (not a model: it

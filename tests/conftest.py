@@ -49,7 +49,8 @@ async def sqlite_mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
     """One SQLite mesh, for tests whose subject does not depend on the database."""
     data_dir = tmp_path_factory.mktemp("mesh-sqlite-only")
     # No OPENAI_API_KEY, whatever the environment: the stand-in is the system default.
-    async with Mesh(Settings(data_dir=data_dir, port=0, openai_api_key="")) as running:
+    settings = Settings(data_dir=data_dir, port=0, openai_api_key="", outbound_allow=["127.0.0.1"])
+    async with Mesh(settings) as running:
         yield running
 
 

@@ -110,7 +110,11 @@ async def test_serve_runs_services_apart_and_they_talk_over_grpc(tmp_path):
             "--data-dir",
             str(tmp_path / "providers"),
             command=("serve", "providers"),
-            env={**shared, "AGENTMESH_REGISTRY_TARGET": registry_address},
+            env={
+                **shared,
+                "AGENTMESH_REGISTRY_TARGET": registry_address,
+                "AGENTMESH_OUTBOUND_ALLOW": '["127.0.0.1"]',
+            },
         )
         key = (tmp_path / "registry" / "admin.key").read_text().strip()
         async with Client(providers_address, key) as client:

@@ -42,6 +42,8 @@ def _settings(data_dir, store: str, vault: DevVault | None) -> Settings:
         secret_store=store,
         standin_model=False,
         openai_api_key="",
+        # The model server the tests call listens on loopback.
+        outbound_allow=["127.0.0.1"],
         **extra,
     )
 
@@ -411,3 +413,47 @@ async def test_update_mask_default_and_stale_etag(providers_mesh, tenant, model_
         assert field in field_violations(error.value)
     unchanged = await client.providers.GetProvider(p.GetProviderRequest(name=second.name))
     assert unchanged == updated
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://169.254.169.254/latest/meta-data",  # cloud metadata
+        "http://10.1.2.3:8080/v1",
+        "http://127.0.0.2:11434/v1",  # loopback, but not the allowed 127.0.0.1
+        "http://0.0.0.0/v1",
+        "http://[::1]:8000/v1",
+        "http://192.168.0.10/v1",
+    ],
+)
+async def test_internal_base_urls_are_refused_unless_allowed(providers_mesh, tenant, base_url):
+    make, _ = tenant
+    client, _ = await make()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.CreateProvider(custom(base_url))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error.value) == ["provider.base_url"]
+    assert (await client.providers.ListProviders(p.ListProvidersRequest())).providers == []
+
+
+async def test_a_name_that_resolves_inside_is_refused_when_called(tmp_path):
+    from agentmesh.outbound import BlockedDestination, check_destination
+
+    # The machine's own name is no IP literal: only resolving it shows it is internal.
+    name = socket.gethostname()
+    addresses = {info[4][0] for info in socket.getaddrinfo(name, 9, type=socket.SOCK_STREAM)}
+    with pytest.raises(BlockedDestination):
+        await check_destination(f"http://{name}:9/v1", [])
+    await check_destination(f"http://{name}:9/v1", sorted(addresses))
+    await check_destination("http://no-such-host.invalid/v1", [])  # unreachable, not blocked
+
+
+async def test_test_provider_refuses_a_name_that_resolves_inside(tmp_path):
+    settings = Settings(data_dir=tmp_path, port=0, openai_api_key="", standin_model=False)
+    async with Mesh(settings) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
+        created = await admin.providers.CreateProvider(
+            custom(f"http://{socket.gethostname()}:9/v1")
+        )
+        result = await admin.providers.TestProvider(p.TestProviderRequest(name=created.name))
+    assert not result.ok and result.failure_reason == "BLOCKED"
+    assert "internal address" in result.message

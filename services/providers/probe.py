@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import openai
 
+from agentmesh.outbound import BlockedDestination, check_destination
+
 # Where each kind of provider answers the OpenAI API when no base_url is given.
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -38,13 +40,19 @@ def openai_client(
     )
 
 
-async def probe(base_url: str, api_key: str, organization: str, model: str) -> ProbeResult:
+async def probe(
+    base_url: str, api_key: str, organization: str, model: str, allow: list[str]
+) -> ProbeResult:
     """Lists models; where a server has no model list, asks `model` for one token.
 
     Messages are ours, never the provider's text: providers echo parts of a
     rejected key back, and that must not reach a response or a log.
     """
     started = time.perf_counter()
+    try:
+        await check_destination(base_url, allow)
+    except BlockedDestination as blocked:
+        return _failure("BLOCKED", str(blocked), started)
     async with openai_client(base_url, api_key, organization) as client:
         try:
             try:

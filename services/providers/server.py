@@ -12,6 +12,7 @@ from agentmesh.events import PROVIDERS_CHANGED, EventBus
 from agentmesh.gen.events.v1 import events_pb2
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.providers.v1 import providers_pb2_grpc
+from agentmesh.outbound import BlockedDestination, check_url_literal
 from agentmesh.server import validate
 from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
 from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
@@ -78,8 +79,12 @@ def _proto(provider: Provider) -> p.Provider:
     return message
 
 
-def _check(message: p.Provider, require_key: bool) -> None:
+def _check(message: p.Provider, require_key: bool, allow: list[str]) -> None:
     kind = _type_name(message.type)
+    try:
+        check_url_literal(message.base_url, allow)
+    except BlockedDestination as blocked:
+        raise InvalidArgument([("provider.base_url", str(blocked))]) from None
     if kind in NEEDS_BASE_URL and not message.base_url:
         raise InvalidArgument([("provider.base_url", f"a {kind} provider needs a base_url")])
     if require_key and kind != "custom" and not message.api_key:
@@ -99,15 +104,17 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         secrets: SecretStore,
         events: EventBus,
         system_default: p.Credentials | None,
+        outbound_allow: list[str],
     ):
         self._store = store
         self._secrets = secrets
         self._events = events
         self._system_default = system_default
+        self._outbound_allow = outbound_allow
 
     async def CreateProvider(self, request, context):
         user = current_user()
-        _check(request.provider, require_key=True)
+        _check(request.provider, require_key=True, allow=self._outbound_allow)
         provider_id, api_key = new_id(), request.provider.api_key
         path = _secret_path(user.user_id, provider_id)
         # The secret first: if the store is down nothing is written at all, and
@@ -163,7 +170,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
             request.provider, merged, replace_message_field=True, replace_repeated_field=True
         )
         validate(merged, prefix="provider.")
-        _check(merged, require_key=False)
+        _check(merged, require_key=False, allow=self._outbound_allow)
         existing.config, existing.is_default = _config(merged), merged.default
         if "api_key" in request.update_mask.paths:
             if not merged.api_key and existing.config["type"] != "custom":
@@ -197,6 +204,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
             api_key,
             provider.config["organization"],
             request.model or provider.config["default_model"],
+            self._outbound_allow,
         )
         latency = duration_pb2.Duration()
         latency.FromNanoseconds(int(result.latency_seconds * 1e9))

@@ -72,6 +72,7 @@ class Providers:
                 self.secrets,
                 self._events,
                 system_default(self._settings, self._standin_url),
+                self._settings.outbound_allow,
             ),
             service_only=SERVICE_ONLY,
         )
