@@ -78,12 +78,14 @@ class Mesh:
         self.events = await EventBus.connect(self.nats_url, name="agentmesh")
         service_token = settings.resolved_service_token()
 
+        wanted = []
         if "registry" in self.services:
-            self.components.append(Registry(settings, self.events))
+            wanted.append(Registry(settings, self.events))
         if "providers" in self.services:
-            self.components.append(Providers(settings, self.events, await self._standin_url()))
-        for component in self.components:
+            wanted.append(Providers(settings, self.events, await self._standin_url()))
+        for component in wanted:
             await component.start()
+            self.components.append(component)  # only what started is stopped
 
         self.authenticator = Authenticator(
             service_token, self._lookup_key, settings.auth_cache_seconds
@@ -95,7 +97,8 @@ class Mesh:
         # Keys are checked by asking the registry over gRPC, also when it shares
         # this process: one path, whatever the deployment. No call can arrive
         # before the server starts, so the channel is made once the port is known.
-        registry = self.channel(settings.registry_target or self.address)
+        own_address = self.address.replace("0.0.0.0:", "127.0.0.1:")  # noqa: S104
+        registry = self.channel(settings.registry_target or own_address)
         self._key_lookup = remote_key_lookup(registry, service_token)
         await self.server.start()
         log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
@@ -123,19 +126,26 @@ class Mesh:
         return channel
 
     async def stop(self) -> None:
-        await self.server.stop()
+        """Stops what was started, in reverse; also after a start that failed half-way."""
+        if hasattr(self, "server"):
+            await self.server.stop()
         for channel in self._channels:
             await channel.close()
         for component in reversed(self.components):
             await component.stop()
         if self._standin:
             await self._standin.stop()
-        await self.events.close()
+        if hasattr(self, "events"):
+            await self.events.close()
         if self._nats:
             await self._nats.stop()
 
     async def __aenter__(self) -> Mesh:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -6,15 +6,19 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.client import Client
+from agentmesh.config import Settings
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.mesh import Mesh
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "agents.json"
 
@@ -144,3 +148,20 @@ async def test_serve_runs_services_apart_and_they_talk_over_grpc(tmp_path):
         if providers:
             await _stop(providers)
         await _stop(registry)
+
+
+async def test_a_start_that_fails_half_way_leaves_nothing_running(tmp_path):
+    # NATS starts; then the registry cannot reach its database.
+    settings = Settings(
+        data_dir=tmp_path,
+        port=0,
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/{service}",
+        standin_model=False,
+    )
+    mesh = Mesh(settings)
+    with pytest.raises(Exception, match="127.0.0.1"):
+        async with mesh:
+            pass
+    port = int(mesh.nats_url.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass
