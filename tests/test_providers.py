@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -457,3 +458,33 @@ async def test_test_provider_refuses_a_name_that_resolves_inside(tmp_path):
         result = await admin.providers.TestProvider(p.TestProviderRequest(name=created.name))
     assert not result.ok and result.failure_reason == "BLOCKED"
     assert "internal address" in result.message
+
+
+async def test_a_rotation_that_loses_a_race_does_not_take_effect(
+    providers_mesh, tenant, model_server
+):
+    make, service = tenant
+    client, user = await make()
+    created = await client.providers.CreateProvider(custom(model_server.base_url))
+    keys = [f"sk-race-{i}-" + "x" * 24 for i in range(6)]
+
+    async def rotate(key: str):
+        return await client.providers.UpdateProvider(
+            p.UpdateProviderRequest(
+                provider=p.Provider(name=created.name, api_key=key, etag=created.etag),
+                update_mask=field_mask_pb2.FieldMask(paths=["api_key"]),
+            )
+        )
+
+    results = await asyncio.gather(*(rotate(key) for key in keys), return_exceptions=True)
+    winners = [
+        key for key, result in zip(keys, results, strict=True) if isinstance(result, p.Provider)
+    ]
+    assert len(winners) == 1
+    assert all(
+        r.code() == grpc.StatusCode.ABORTED for r in results if not isinstance(r, p.Provider)
+    )
+    resolved = await service.providers.ResolveCredentials(
+        p.ResolveCredentialsRequest(user=user, provider=created.name)
+    )
+    assert resolved.api_key == winners[0]

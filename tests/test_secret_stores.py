@@ -430,3 +430,11 @@ async def test_local_io_failure_is_unavailable(tmp_path: Path) -> None:
     store = LocalSecretStore(tmp_path / "secrets")
     with pytest.raises(SecretStoreUnavailable):
         await store.put("p", SECRET)
+
+
+async def test_a_named_version_is_read_even_after_rotation(store):
+    first = await store.put("users/u/providers/versions", "first-secret")
+    second = await store.put("users/u/providers/versions", "second-secret")
+    assert await store.get("users/u/providers/versions", first) == "first-secret"
+    assert await store.get("users/u/providers/versions", second) == "second-secret"
+    assert await store.get("users/u/providers/versions") == "second-secret"

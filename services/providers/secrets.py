@@ -57,8 +57,8 @@ class SecretStore(Protocol):
         """Store a new version of the secret at ``path``; returns its version id."""
         ...
 
-    async def get(self, path: str) -> str:
-        """The latest version; raises SecretNotFound."""
+    async def get(self, path: str, version: str | None = None) -> str:
+        """That version (as put returned it), or the latest; raises SecretNotFound."""
         ...
 
     async def delete(self, path: str) -> None:
@@ -111,12 +111,15 @@ class VaultSecretStore:
         )
         return str(response["data"]["version"])
 
-    async def get(self, path: str) -> str:
+    async def get(self, path: str, version: str | None = None) -> str:
         response = await self._call(
             "get",
             path,
             lambda kv, at: kv.read_secret_version(
-                at, mount_point=self._mount_point, raise_on_deleted_version=True
+                at,
+                version=int(version) if version else None,
+                mount_point=self._mount_point,
+                raise_on_deleted_version=True,
             ),
         )
         return response["data"]["data"]["value"]
@@ -190,15 +193,15 @@ class LocalSecretStore:
         _check_path(path)
         return await self._run(self._put, path, secret)
 
-    async def get(self, path: str) -> str:
+    async def get(self, path: str, version: str | None = None) -> str:
         _check_path(path)
-        return await self._run(self._get, path)
+        return await self._run(self._get, path, version)
 
     async def delete(self, path: str) -> None:
         _check_path(path)
         await self._run(self._delete, path)
 
-    async def _run(self, function: Callable[..., _T], *args: str) -> _T:
+    async def _run(self, function: Callable[..., _T], *args: str | None) -> _T:
         try:
             return await asyncio.to_thread(function, *args)
         except OSError as exc:
@@ -223,10 +226,12 @@ class LocalSecretStore:
             self._write(file, {"versions": versions[-_MAX_VERSIONS:]})
             return str(version)
 
-    def _get(self, path: str) -> str:
+    def _get(self, path: str, version: str | None) -> str:
         with self._lock:
             aead = self._cipher()
             versions = self._read(self._file(path))
+            if version is not None:
+                versions = [v for v in versions if str(v.get("version")) == version]
             if not versions:
                 raise SecretNotFound(f"no secret at {path!r}")
             try:

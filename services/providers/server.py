@@ -252,7 +252,11 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
 
     async def _get_secret(self, user_id: str, provider: Provider) -> str:
         try:
-            return await self._secrets.get(_secret_path(user_id, provider.id))
+            # The version the row names, not the latest: a rotation whose row
+            # update then failed must not take effect.
+            return await self._secrets.get(
+                _secret_path(user_id, provider.id), provider.secret_version
+            )
         except SecretStoreUnavailable:
             raise _unavailable() from None
         except SecretNotFound:
