@@ -12,6 +12,7 @@ SETUP_STAMP := $(VENV)/.installed
 help:
 	@echo "make run     set everything up and bring the mesh up, applying examples/agents.json"
 	@echo "make test    every check: generated-code drift, buf lint/breaking, ruff, the test suite"
+	@echo "make bench   benchmarks, each printing its ratio to a floor measured in the same run"
 	@echo "make proto   regenerate agentmesh/gen from protos/"
 	@echo "make format  ruff format + fixes"
 
@@ -52,4 +53,8 @@ lint: setup-test
 test: lint
 	$(PY) -m pytest -q
 
-.PHONY: help setup setup-test run proto format lint test
+# Benchmarks print ratios against a floor measured in the same run; not tests.
+bench: setup
+	$(PY) bench/registry_rpc.py
+
+.PHONY: help setup setup-test run proto format lint test bench

@@ -1,0 +1,102 @@
+"""What the mesh's request path costs over bare gRPC, measured in one run.
+
+The floor is a grpc.aio server answering the same GetAgent with a stored Agent
+(no auth, validation, logging or database). The mesh answers through the real
+path: interceptor (auth with a cached key, protovalidate, error mapping),
+servicer, SQLite. Prints p50/p99 latency, throughput at concurrency, and ratios.
+
+    .venv/bin/python bench/registry_rpc.py [--requests 2000] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from agentmesh.client import Client
+from agentmesh.config import Settings
+from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.registry.v1 import registry_pb2_grpc
+from agentmesh.mesh import Mesh
+
+
+class FloorRegistry(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, agent: r.Agent):
+        self._agent = agent
+
+    async def GetAgent(self, request, context):
+        return self._agent
+
+
+async def measure(call, requests: int, concurrency: int) -> dict[str, float]:
+    for _ in range(50):  # warm up channels, caches, the event loop
+        await call()
+    latencies = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - started)
+    latencies.sort()
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
+    rps = (requests // concurrency * concurrency) / (time.perf_counter() - started)
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "rps": rps,
+    }
+
+
+async def main(requests: int, concurrency: int) -> None:
+    logging.disable(logging.INFO)  # one log line per RPC is not what is measured here
+    data_dir = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
+    async with Mesh(Settings(data_dir=data_dir, port=0, standin_model=False)) as mesh:
+        key = (data_dir / "admin.key").read_text().strip()
+        async with Client(mesh.address, key) as client:
+            agent = await client.registry.CreateAgent(
+                r.CreateAgentRequest(
+                    agent=r.Agent(display_name="bench", instructions="Be brief." * 20)
+                )
+            )
+            request = r.GetAgentRequest(name=agent.name)
+            mesh_result = await measure(
+                lambda: client.registry.GetAgent(request), requests, concurrency
+            )
+
+    floor_server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(FloorRegistry(agent), floor_server)
+    port = floor_server.add_insecure_port("127.0.0.1:0")
+    await floor_server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        floor_result = await measure(lambda: stub.GetAgent(request), requests, concurrency)
+    await floor_server.stop(None)
+
+    print(f"GetAgent, {requests} sequential requests, then concurrency {concurrency}")
+    print(f"{'':14}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    for label, result in (("bare gRPC", floor_result), ("agentmesh", mesh_result)):
+        print(f"{label:14}{result['p50_ms']:10.3f}{result['p99_ms']:10.3f}{result['rps']:10.0f}")
+    print(
+        f"ratio agentmesh/bare: p50 {mesh_result['p50_ms'] / floor_result['p50_ms']:.2f}x, "
+        f"throughput {floor_result['rps'] / mesh_result['rps']:.2f}x lower"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.concurrency))
