@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     reservation_sweep_seconds: float = 5.0
     # Where provider API keys live: "local" (AES-GCM files under data_dir/secrets)
     # or "vault" (KV v2; token or Kubernetes auth).
-    secret_store: str = "local"
+    secret_store: Literal["local", "vault"] = "local"
     vault_url: str = "http://127.0.0.1:8200"
     vault_token: str = ""
     vault_kubernetes_role: str = ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 import uuid
@@ -51,6 +52,27 @@ def validate(message, prefix: str = "") -> None:
         raise InvalidArgument(
             (prefix + field_path(violation), violation.proto.message) for violation in violations
         )
+
+
+def check_update(field: str, name: str, collection: str, update_mask, updatable: set[str]) -> None:
+    """Checks what buf.validate cannot for an Update request: the resource it is
+    exempt from names a resource of `collection`, and every mask path may change.
+
+    Update requests exempt the resource from buf.validate (fields outside the
+    mask are not sent, so they are validated after the merge instead).
+    """
+    violations = []
+    if not name:
+        violations.append((f"{field}.name", f"name the {field} to update"))
+    elif not re.fullmatch(rf"{collection}/[A-Za-z0-9_-]{{1,64}}", name):
+        violations.append((f"{field}.name", f"must look like {collection}/{{id}}"))
+    violations.extend(
+        ("update_mask", f"{path!r} is not an updatable field")
+        for path in update_mask.paths
+        if path not in updatable
+    )
+    if violations:
+        raise InvalidArgument(violations)
 
 
 @dataclass

@@ -488,3 +488,18 @@ async def test_a_rotation_that_loses_a_race_does_not_take_effect(
         p.ResolveCredentialsRequest(user=user, provider=created.name)
     )
     assert resolved.api_key == winners[0]
+
+
+@pytest.mark.parametrize("name", ["", "provider/x", "providers/has space", "agents/abc"])
+async def test_update_provider_rejects_a_malformed_name(providers_mesh, tenant, name):
+    make, _ = tenant
+    client, _ = await make()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.UpdateProvider(
+            p.UpdateProviderRequest(
+                provider=p.Provider(name=name, display_name="x"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name", "nope"]),
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error.value) == ["provider.name", "update_mask"]

@@ -13,7 +13,7 @@ from agentmesh.gen.events.v1 import events_pb2
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.providers.v1 import providers_pb2_grpc
 from agentmesh.outbound import BlockedDestination, check_url_literal
-from agentmesh.server import validate
+from agentmesh.server import check_update, validate
 from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
 from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
 from services.providers.store import Provider, ProviderStore, new_id, now
@@ -157,11 +157,9 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
 
     async def UpdateProvider(self, request, context):
         user = current_user()
-        if not request.provider.name:
-            raise InvalidArgument([("provider.name", "name the provider to update")])
-        for path in request.update_mask.paths:
-            if path not in _UPDATABLE:
-                raise InvalidArgument([("update_mask", f"{path!r} is not an updatable field")])
+        check_update(
+            "provider", request.provider.name, "providers", request.update_mask, _UPDATABLE
+        )
         existing = await self._store.get(user.user_id, _id(request.provider.name))
         if request.provider.etag and request.provider.etag != existing.etag:
             raise Aborted(f"{request.provider.name} changed since it was read; read it again")

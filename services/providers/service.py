@@ -28,11 +28,7 @@ def secret_store(settings: Settings) -> SecretStore:
             mount_point=settings.vault_mount,
             path_prefix=settings.vault_path_prefix,
         )
-    if settings.secret_store == "local":
-        return LocalSecretStore(settings.data_dir / "secrets")
-    raise ValueError(
-        f"AGENTMESH_SECRET_STORE must be local or vault, not {settings.secret_store!r}"
-    )
+    return LocalSecretStore(settings.data_dir / "secrets")
 
 
 def system_default(settings: Settings, standin_url: str = "") -> p.Credentials | None:

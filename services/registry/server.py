@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, timedelta
 
 from google.protobuf import empty_pb2, json_format
@@ -14,7 +13,7 @@ from agentmesh.errors import Aborted, InvalidArgument, NotFound, PermissionDenie
 from agentmesh.events import AGENTS_CHANGED, EventBus
 from agentmesh.gen.events.v1 import events_pb2
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, registry_pb2, registry_pb2_grpc
-from agentmesh.server import validate
+from agentmesh.server import check_update, validate
 from services.registry import store as records
 from services.registry.definitions import check_agent
 from services.registry.store import RegistryStore
@@ -28,7 +27,6 @@ _UPDATABLE = {
     if field.name not in ("name", "create_time", "update_time", "etag")
 }
 DEFAULT_RESERVATION_TTL = timedelta(minutes=10)
-_AGENT_NAME = re.compile(r"agents/[A-Za-z0-9_-]{1,64}")  # as in registry.proto
 
 
 def _timestamp(value) -> Timestamp:
@@ -102,20 +100,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def UpdateAgent(self, request, context):
         user = current_user()
-        # request.agent is exempt from buf.validate (see the proto), so its name is
-        # checked here: a malformed one is the caller's mistake, not NOT_FOUND.
-        violations = []
-        if not request.agent.name:
-            violations.append(("agent.name", "name the agent to update"))
-        elif not _AGENT_NAME.fullmatch(request.agent.name):
-            violations.append(("agent.name", "must look like agents/{agent}"))
-        violations.extend(
-            ("update_mask", f"{path!r} is not an updatable field")
-            for path in request.update_mask.paths
-            if path not in _UPDATABLE
-        )
-        if violations:
-            raise InvalidArgument(violations)
+        check_update("agent", request.agent.name, "agents", request.update_mask, _UPDATABLE)
         agent_id = _id(request.agent.name, "agents")
         existing = await self._store.get_agent(user.user_id, agent_id)
         if request.agent.etag and request.agent.etag != existing.etag:
