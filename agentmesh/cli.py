@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         services = SERVICES if args.command == "up" else (args.service,)
         apply = getattr(args, "apply", None)
-        asyncio.run(_run(settings, services, load_definitions(apply) if apply else None))
+        try:
+            asyncio.run(_run(settings, services, load_definitions(apply) if apply else None))
+        except OSError as error:  # a taken port, an unwritable data dir
+            sys.exit(f"agentmesh: cannot start: {error}")
     else:
         if args.action == "apply" and not args.file:
             parser.error("agents apply needs a file")

@@ -233,10 +233,10 @@ class GrpcServer:
         self.policy.service_only.update(f"/{service_name}/{name}" for name in service_only)
 
     def bind(self, address: str) -> int:
-        port = self.server.add_insecure_port(address)
-        if port == 0:
-            raise RuntimeError(f"cannot listen on {address}")
-        return port
+        try:
+            return self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {address}: is the port taken?") from None
 
     async def start(self) -> None:
         reflection.enable_server_reflection(

@@ -165,3 +165,27 @@ async def test_a_start_that_fails_half_way_leaves_nothing_running(tmp_path):
     port = int(mesh.nats_url.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
         pass
+
+
+async def test_up_on_a_taken_port_says_so_and_exits(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agentmesh.cli",
+            "up",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING"},
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert f"cannot start: cannot listen on 127.0.0.1:{port}" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
