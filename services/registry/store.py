@@ -555,15 +555,18 @@ class RegistryStore:
             await conn.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     async def _get_agent(self, conn, user_id: str, agent_id: str) -> Agent:
-        row = (
+        # One round trip: the agent's row once per handoff (or once, without any).
+        rows = (
             await conn.execute(
-                select(AgentRow).where(AgentRow.id == agent_id, AgentRow.user_id == user_id)
+                select(AgentRow, HandoffRow.target_id)
+                .outerjoin(HandoffRow, HandoffRow.agent_id == AgentRow.id)
+                .where(AgentRow.id == agent_id, AgentRow.user_id == user_id)
+                .order_by(HandoffRow.position)
             )
-        ).first()
-        if row is None:
+        ).all()
+        if not rows:
             raise NotFound(f"agents/{agent_id}")
-        handoffs = await self._handoffs_of(conn, [agent_id])
-        return self._agent(row, handoffs.get(agent_id, []))
+        return self._agent(rows[0], [row.target_id for row in rows if row.target_id])
 
     @staticmethod
     def _agent(row, handoffs: list[str]) -> Agent:
