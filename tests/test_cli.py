@@ -189,3 +189,20 @@ async def test_up_on_a_taken_port_says_so_and_exits(tmp_path):
     assert process.returncode == 1
     assert f"cannot start: cannot listen on 127.0.0.1:{port}" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def test_nats_does_not_outlive_a_killed_mesh(tmp_path):
+    process, _, _ = await _start("--data-dir", str(tmp_path))
+    nats_log = tmp_path / "nats" / "nats-server.log"
+    port = int(
+        re.search(r"Listening for client connections on 127.0.0.1:(\d+)", nats_log.read_text())[1]
+    )
+    process.kill()  # no chance to stop anything
+    await process.wait()
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("nats-server still listens after its mesh was killed")
