@@ -1,4 +1,4 @@
-"""The registry's Alembic migrations, on SQLite and on Postgres.
+"""Each service's Alembic migrations, on SQLite and on Postgres.
 
 Upgrading creates every table, downgrading to base drops them all, upgrading
 again works, and the migrated schema is exactly what the ORM models describe,
@@ -18,10 +18,21 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from agentmesh.db import downgrade, migrate
+from services.providers import service as providers_service
+from services.providers import store as providers_store
 from services.registry.service import MIGRATIONS
 from services.registry.store import Base
 
-MODEL_TABLES = set(Base.metadata.tables)
+# Each service's migrations and the models they must match.
+SERVICES = {
+    "registry": (MIGRATIONS, Base.metadata),
+    "providers": (providers_service.MIGRATIONS, providers_store.Base.metadata),
+}
+
+
+@pytest.fixture(params=sorted(SERVICES))
+def service(request):
+    return SERVICES[request.param]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -52,32 +63,34 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def head() -> str:
+def head(migrations) -> str:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations))
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def test_upgrade_downgrade_upgrade(url, engine):
+def test_upgrade_downgrade_upgrade(service, url, engine):
+    migrations, metadata = service
+    model_tables = set(metadata.tables)
     assert tables(engine) == set()
 
-    migrate(MIGRATIONS, url)
-    assert MODEL_TABLES  # the models define tables at all
-    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
-    assert current_revision(engine) == head()
+    migrate(migrations, url)
+    assert model_tables  # the models define tables at all
+    assert tables(engine) == model_tables | {"alembic_version"}
+    assert current_revision(engine) == head(migrations)
 
-    migrate(MIGRATIONS, url)  # already at head: nothing to do
-    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
+    migrate(migrations, url)  # already at head: nothing to do
+    assert tables(engine) == model_tables | {"alembic_version"}
 
-    downgrade(MIGRATIONS, url, "base")
+    downgrade(migrations, url, "base")
     assert tables(engine) <= {"alembic_version"}
     assert current_revision(engine) is None
 
-    migrate(MIGRATIONS, url)
-    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
-    assert current_revision(engine) == head()
+    migrate(migrations, url)
+    assert tables(engine) == model_tables | {"alembic_version"}
+    assert current_revision(engine) == head(migrations)
 
 
 def test_upgrade_after_downgrade_starts_empty(url, engine):
@@ -95,18 +108,19 @@ def test_upgrade_after_downgrade_starts_empty(url, engine):
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 0
 
 
-def test_migrated_schema_matches_the_models(url, engine):
-    migrate(MIGRATIONS, url)
+def test_migrated_schema_matches_the_models(service, url, engine):
+    migrations, metadata = service
+    migrate(migrations, url)
 
     # Alembic's autogenerate diff: tables, columns, types, nullability, indexes,
     # unique constraints and foreign keys. Empty means a new migration is not needed.
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
 
     # The same, spelled out, so a failure says plainly what drifted.
     inspector = sa.inspect(engine)
-    for name, table in Base.metadata.tables.items():
+    for name, table in metadata.tables.items():
         columns = {column["name"]: column for column in inspector.get_columns(name)}
         assert set(columns) == {column.name for column in table.columns}, name
         for column in table.columns:
