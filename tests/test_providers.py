@@ -138,6 +138,9 @@ async def test_key_goes_to_the_secret_store_and_nowhere_else(
 
     credentials = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
     assert credentials.api_key == KEY and credentials.provider == created.name
+    # Calling the provider (the openai client logging at DEBUG) logs no key either.
+    tested = await client.providers.TestProvider(p.TestProviderRequest(name=created.name))
+    assert tested.ok and "openai" in caplog.text.lower()
     assert KEY not in caplog.text
 
 
