@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import DateTime, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+
+def new_id() -> str:
+    """A resource id: 32 hex characters, unguessable, safe in a resource name."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timestamp that always comes back timezone-aware, in UTC.
+
+    Postgres keeps the zone; SQLite hands back naive datetimes. Every time in
+    agentmesh is UTC, so naive ones are UTC by construction.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -33,6 +61,21 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def run_migrations_from_env() -> None:
+    """What every service's migrations/env.py does: migrate the URL migrate() was given."""
+    from alembic import context
+    from sqlalchemy import create_engine as create_sync_engine
+    from sqlalchemy import pool
+
+    engine = create_sync_engine(context.config.attributes["url"], poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        # render_as_batch lets ALTERs run on SQLite, which rebuilds the table instead.
+        context.configure(connection=connection, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
 
 
 def _alembic_config(migrations: Path, url: str) -> Config:

@@ -16,9 +16,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
 import protovalidate
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
@@ -52,6 +54,12 @@ def validate(message, prefix: str = "") -> None:
         raise InvalidArgument(
             (prefix + field_path(violation), violation.proto.message) for violation in violations
         )
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def check_update(field: str, name: str, collection: str, update_mask, updatable: set[str]) -> None:

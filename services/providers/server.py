@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from google.protobuf import duration_pb2, empty_pb2, json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh import paging
 from agentmesh.auth import current_user
+from agentmesh.db import new_id, utc_now
 from agentmesh.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from agentmesh.events import PROVIDERS_CHANGED, EventBus
 from agentmesh.gen.events.v1 import events_pb2
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.providers.v1 import providers_pb2_grpc
 from agentmesh.outbound import BlockedDestination, check_url_literal
-from agentmesh.server import check_update, validate
+from agentmesh.server import check_update, timestamp, validate
 from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
 from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
-from services.providers.store import Provider, ProviderStore, new_id, now
+from services.providers.store import Provider, ProviderStore
 
 _UPDATABLE = {
     "display_name",
@@ -38,12 +38,6 @@ def _type_name(value: int) -> str:
 
 def _type_value(name: str) -> int:
     return p.ProviderType.Value("PROVIDER_TYPE_" + name.upper())
-
-
-def _timestamp(value) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _secret_path(user_id: str, provider_id: str) -> str:
@@ -71,8 +65,8 @@ def _proto(provider: Provider) -> p.Provider:
         api_key_hint=provider.api_key_hint,
         default=provider.is_default,
         etag=provider.etag,
-        create_time=_timestamp(provider.create_time),
-        update_time=_timestamp(provider.update_time),
+        create_time=timestamp(provider.create_time),
+        update_time=timestamp(provider.update_time),
         **{name: config[name] for name in _CONFIG_FIELDS},
     )
     message.additional_config.update(config["additional_config"])
@@ -120,7 +114,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         # The secret first: if the store is down nothing is written at all, and
         # if the row then fails the secret is taken back.
         version = await self._put_secret(path, api_key)
-        created = now()
+        created = utc_now()
         provider = Provider(
             provider_id,
             user.user_id,
@@ -270,7 +264,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
                 provider=f"providers/{provider.id}",
                 user=f"users/{provider.user_id}",
                 kind=kind,
-                time=_timestamp(now()),
+                time=timestamp(utc_now()),
             ),
         )
 

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, delete, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from agentmesh.db import UtcDateTime, new_id, utc_now
 from agentmesh.errors import Aborted, NotFound
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -37,8 +29,8 @@ class ProviderRow(Base):
     api_key_hint: Mapped[str] = mapped_column(String(8))
     secret_version: Mapped[str] = mapped_column(String(64))
     etag: Mapped[str] = mapped_column(String(64))
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 @dataclass
@@ -55,10 +47,6 @@ class Provider:
     seq: int = 0
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _provider(row) -> Provider:
     return Provider(
         row.id,
@@ -68,8 +56,8 @@ def _provider(row) -> Provider:
         row.api_key_hint,
         row.secret_version,
         row.etag,
-        _aware(row.create_time),
-        _aware(row.update_time),
+        row.create_time,
+        row.update_time,
         row.seq,
     )
 
@@ -136,7 +124,7 @@ class ProviderStore:
         return providers, providers[-1].seq if len(rows) > limit else 0
 
     async def update(self, provider: Provider, expected_etag: str) -> Provider:
-        provider.etag, provider.update_time = new_id(), now()
+        provider.etag, provider.update_time = new_id(), utc_now()
         async with self.engine.begin() as conn:
             if provider.is_default:
                 await self._clear_default(conn, provider.user_id)

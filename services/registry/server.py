@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 
 from google.protobuf import empty_pb2, json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh import paging
 from agentmesh.auth import Authenticator, Principal, current_user
+from agentmesh.db import utc_now
 from agentmesh.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from agentmesh.events import AGENTS_CHANGED, EventBus
 from agentmesh.gen.events.v1 import events_pb2
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, registry_pb2, registry_pb2_grpc
-from agentmesh.server import check_update, validate
+from agentmesh.server import check_update, timestamp, validate
 from services.registry import store as records
 from services.registry.definitions import check_agent
 from services.registry.store import RegistryStore
@@ -29,12 +29,6 @@ _UPDATABLE = {
 DEFAULT_RESERVATION_TTL = timedelta(minutes=10)
 
 
-def _timestamp(value) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _id(name: str, collection: str) -> str:
     """The id in a validated resource name (`collection/{id}`)."""
     return name.removeprefix(collection + "/")
@@ -44,8 +38,8 @@ def _agent_proto(agent: records.Agent) -> registry_pb2.Agent:
     message = json_format.ParseDict(agent.spec, registry_pb2.Agent())
     message.name = f"agents/{agent.id}"
     message.handoffs.extend(f"agents/{target}" for target in agent.handoffs)
-    message.create_time.CopyFrom(_timestamp(agent.create_time))
-    message.update_time.CopyFrom(_timestamp(agent.update_time))
+    message.create_time.CopyFrom(timestamp(agent.create_time))
+    message.update_time.CopyFrom(timestamp(agent.update_time))
     message.etag = agent.etag
     return message
 
@@ -64,7 +58,7 @@ def _context_proto(context: records.Context) -> registry_pb2.Context:
         default=context.is_default,
     )
     message.values.update(context.values)
-    message.create_time.CopyFrom(_timestamp(context.create_time))
+    message.create_time.CopyFrom(timestamp(context.create_time))
     return message
 
 
@@ -205,7 +199,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 user=f"users/{agent.user_id}",
                 kind=kind,
                 etag=agent.etag,
-                time=_timestamp(agent.update_time),
+                time=timestamp(agent.update_time),
             ),
         )
 
@@ -216,7 +210,7 @@ def _user_proto(user: records.User) -> account_pb2.User:
         display_name=user.display_name,
         email=user.email,
         admin=user.admin,
-        create_time=_timestamp(user.create_time),
+        create_time=timestamp(user.create_time),
     )
 
 
@@ -226,10 +220,10 @@ def _key_proto(key: records.ApiKey) -> account_pb2.ApiKey:
         display_name=key.display_name,
         secret=key.secret,
         prefix=key.prefix,
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp(key.create_time),
     )
     if key.expire_time:
-        message.expire_time.CopyFrom(_timestamp(key.expire_time))
+        message.expire_time.CopyFrom(timestamp(key.expire_time))
     return message
 
 
@@ -286,7 +280,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         expire_time = None
         if request.api_key.HasField("expire_time"):
             expire_time = request.api_key.expire_time.ToDatetime(tzinfo=UTC)
-            if expire_time <= records.now():
+            if expire_time <= utc_now():
                 raise InvalidArgument([("api_key.expire_time", "must be in the future")])
         key = await self._store.create_api_key(user_id, request.api_key.display_name, expire_time)
         return _key_proto(key)
@@ -329,7 +323,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         user, expire_time = found
         principal = account_pb2.Principal(user=f"users/{user.id}", admin=user.admin)
         if expire_time:
-            principal.expire_time.CopyFrom(_timestamp(expire_time))
+            principal.expire_time.CopyFrom(timestamp(expire_time))
         return principal
 
     async def ReserveCredits(self, request, context):
@@ -341,7 +335,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             name=f"reservations/{reservation.id}",
             user=request.user,
             amount=reservation.amount,
-            expire_time=_timestamp(reservation.expire_time),
+            expire_time=timestamp(reservation.expire_time),
         )
 
     async def SettleCredits(self, request, context):

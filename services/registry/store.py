@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -14,7 +13,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Integer,
     String,
@@ -27,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from agentmesh.db import UtcDateTime, new_id, utc_now
 from agentmesh.errors import (
     Aborted,
     FailedPrecondition,
@@ -36,14 +35,6 @@ from agentmesh.errors import (
 )
 
 KEY_PREFIX = "am_"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def hash_key(key: str) -> str:
@@ -62,7 +53,7 @@ class UserRow(Base):
     display_name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320), default="")
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ApiKeyRow(Base):
@@ -73,8 +64,8 @@ class ApiKeyRow(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class CreditAccountRow(Base):
@@ -97,7 +88,7 @@ class ReservationRow(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     amount: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), default="open", index=True)
-    expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 class LedgerRow(Base):
@@ -107,7 +98,7 @@ class LedgerRow(Base):
     delta: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))  # grant | charge
     reference: Mapped[str] = mapped_column(String(1024), default="")
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class AgentRow(Base):
@@ -118,8 +109,8 @@ class AgentRow(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     etag: Mapped[str] = mapped_column(String(64))
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class HandoffRow(Base):
@@ -139,7 +130,7 @@ class ContextRow(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
-    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 @dataclass
@@ -207,13 +198,6 @@ class Page:
     last_seq: int = 0  # 0 when there is no next page
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything here is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class RegistryStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -221,7 +205,7 @@ class RegistryStore:
     # ---- users and keys -------------------------------------------------
 
     async def create_user(self, display_name: str, email: str, admin: bool) -> User:
-        user = User(new_id(), display_name, email, admin, now())
+        user = User(new_id(), display_name, email, admin, utc_now())
         async with self.engine.begin() as conn:
             await conn.execute(insert(UserRow).values(**user.__dict__))
             await conn.execute(insert(CreditAccountRow).values(user_id=user.id, balance=0))
@@ -236,13 +220,13 @@ class RegistryStore:
             row = (await conn.execute(select(UserRow).where(UserRow.id == user_id))).first()
         if row is None:
             raise NotFound(f"users/{user_id}")
-        return User(row.id, row.display_name, row.email, row.admin, _aware(row.create_time))
+        return User(row.id, row.display_name, row.email, row.admin, row.create_time)
 
     async def create_api_key(
         self, user_id: str, display_name: str, expire_time: datetime | None
     ) -> ApiKey:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = ApiKey(new_id(), user_id, display_name, secret[:10], now(), expire_time, secret)
+        key = ApiKey(new_id(), user_id, display_name, secret[:10], utc_now(), expire_time, secret)
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(ApiKeyRow).values(
@@ -273,8 +257,8 @@ class RegistryStore:
                 r.user_id,
                 r.display_name,
                 r.prefix,
-                _aware(r.create_time),
-                _aware(r.expire_time),
+                r.create_time,
+                r.expire_time,
                 seq=r.seq,
             )
             for r in rows[:limit]
@@ -301,10 +285,10 @@ class RegistryStore:
             ).first()
         if row is None:
             return None
-        expire_time = _aware(row.key_expire_time)
-        if expire_time is not None and expire_time <= now():
+        expire_time = row.key_expire_time
+        if expire_time is not None and expire_time <= utc_now():
             return None
-        user = User(row.id, row.display_name, row.email, row.admin, _aware(row.create_time))
+        user = User(row.id, row.display_name, row.email, row.admin, row.create_time)
         return user, expire_time
 
     # ---- credits ----------------------------------------------------------
@@ -339,13 +323,17 @@ class RegistryStore:
                 )
             await conn.execute(
                 insert(LedgerRow).values(
-                    user_id=user_id, delta=amount, kind="grant", reference=reason, create_time=now()
+                    user_id=user_id,
+                    delta=amount,
+                    kind="grant",
+                    reference=reason,
+                    create_time=utc_now(),
                 )
             )
         return await self.get_balance(user_id)
 
     async def reserve_credits(self, user_id: str, amount: int, ttl: timedelta) -> Reservation:
-        reservation = Reservation(new_id(), user_id, amount, now() + ttl)
+        reservation = Reservation(new_id(), user_id, amount, utc_now() + ttl)
         async with self.engine.begin() as conn:
             # One conditional UPDATE is the whole race story: the database applies
             # it atomically, so concurrent reservations can never overdraw.
@@ -393,7 +381,7 @@ class RegistryStore:
                         delta=-charge,
                         kind="charge",
                         reference=f"reservations/{reservation_id}",
-                        create_time=now(),
+                        create_time=utc_now(),
                     )
                 )
         return await self.get_balance(reservation.user_id)
@@ -412,7 +400,7 @@ class RegistryStore:
                 (
                     await conn.execute(
                         select(ReservationRow.id).where(
-                            ReservationRow.state == "open", ReservationRow.expire_time <= now()
+                            ReservationRow.state == "open", ReservationRow.expire_time <= utc_now()
                         )
                     )
                 )
@@ -447,7 +435,7 @@ class RegistryStore:
                 f"reservations/{reservation_id} is already {row.state}",
                 reason="RESERVATION_CLOSED",
             )
-        return Reservation(row.id, row.user_id, row.amount, _aware(row.expire_time))
+        return Reservation(row.id, row.user_id, row.amount, row.expire_time)
 
     async def _unreserve(self, conn, user_id: str, amount: int) -> None:
         await conn.execute(
@@ -466,7 +454,7 @@ class RegistryStore:
     # ---- agents -------------------------------------------------------------
 
     async def create_agent(self, user_id: str, spec: dict[str, Any], handoffs: list[str]) -> Agent:
-        created = now()
+        created = utc_now()
         agent = Agent(new_id(), user_id, spec, handoffs, new_id(), created, created)
         async with self.engine.begin() as conn:
             await self._require_own_agents(conn, user_id, handoffs)
@@ -510,7 +498,7 @@ class RegistryStore:
         spec: dict[str, Any],
         handoffs: list[str],
     ) -> Agent:
-        etag, updated = new_id(), now()
+        etag, updated = new_id(), utc_now()
         async with self.engine.begin() as conn:
             await self._require_own_agents(conn, user_id, handoffs)
             result = await conn.execute(
@@ -576,8 +564,8 @@ class RegistryStore:
             row.spec,
             handoffs,
             row.etag,
-            _aware(row.create_time),
-            _aware(row.update_time),
+            row.create_time,
+            row.update_time,
             row.seq,
         )
 
@@ -629,7 +617,7 @@ class RegistryStore:
     async def create_context(
         self, user_id: str, agent_id: str, display_name: str, values: dict, is_default: bool
     ) -> Context:
-        context = Context(new_id(), agent_id, display_name, values, is_default, now())
+        context = Context(new_id(), agent_id, display_name, values, is_default, utc_now())
         async with self.engine.begin() as conn:
             await self._get_agent(conn, user_id, agent_id)
             if is_default:
@@ -695,6 +683,6 @@ class RegistryStore:
             row.display_name,
             row.values,
             row.is_default,
-            _aware(row.create_time),
+            row.create_time,
             row.seq,
         )

@@ -1,13 +1,5 @@
-"""Alembic environment for the registry's database (SQLite or Postgres)."""
+"""Alembic environment for the registry service's database (SQLite or Postgres)."""
 
-from alembic import context
-from sqlalchemy import create_engine, pool
+from agentmesh.db import run_migrations_from_env
 
-url = context.config.attributes["url"]
-engine = create_engine(url, poolclass=pool.NullPool)
-with engine.connect() as connection:
-    # render_as_batch lets ALTERs run on SQLite, which rebuilds the table instead.
-    context.configure(connection=connection, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
+run_migrations_from_env()
