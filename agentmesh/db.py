@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from sqlalchemy import DateTime, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
+
+
+@dataclass
+class Page:
+    """One page of records, and the row sequence the next page continues after."""
+
+    items: list = field(default_factory=list)
+    last_seq: int = 0  # 0 when there is no next page
 
 
 def new_id() -> str:
@@ -37,6 +46,15 @@ class UtcDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+async def fetch_page(conn, query, seq, after_seq: int, limit: int) -> tuple[list, int]:
+    """Up to `limit` rows of `query` past `after_seq` in `seq` order (keyset paging),
+    and the seq a next page continues after: 0 when this page is the last."""
+    rows = (await conn.execute(query.where(seq > after_seq).order_by(seq).limit(limit + 1))).all()
+    if len(rows) <= limit:
+        return rows, 0
+    return rows[:limit], getattr(rows[limit - 1], seq.key)
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -139,14 +139,14 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         return _proto(provider)
 
     async def ListProviders(self, request, context):
-        providers, last_seq = await self._store.list(
+        page = await self._store.list(
             current_user().user_id,
             paging.decode_page_token(request.page_token),
             paging.page_size(request.page_size),
         )
         return p.ListProvidersResponse(
-            providers=[_proto(provider) for provider in providers],
-            next_page_token=paging.encode_page_token(last_seq) if last_seq else "",
+            providers=[_proto(provider) for provider in page.items],
+            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
         )
 
     async def UpdateProvider(self, request, context):

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, Boolean, Integer, String, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from agentmesh.db import UtcDateTime, new_id, utc_now
+from agentmesh.db import Page, UtcDateTime, fetch_page, new_id, utc_now
 from agentmesh.errors import Aborted, NotFound
 
 
@@ -44,7 +44,6 @@ class Provider:
     etag: str
     create_time: datetime
     update_time: datetime
-    seq: int = 0
 
 
 def _provider(row) -> Provider:
@@ -58,7 +57,6 @@ def _provider(row) -> Provider:
         row.etag,
         row.create_time,
         row.update_time,
-        row.seq,
     )
 
 
@@ -70,7 +68,7 @@ class ProviderStore:
         async with self.engine.begin() as conn:
             if provider.is_default:
                 await self._clear_default(conn, provider.user_id)
-            result = await conn.execute(
+            await conn.execute(
                 ProviderRow.__table__.insert().values(
                     id=provider.id,
                     user_id=provider.user_id,
@@ -83,7 +81,6 @@ class ProviderStore:
                     update_time=provider.update_time,
                 )
             )
-            provider.seq = result.inserted_primary_key[0]
         return provider
 
     async def get(self, user_id: str, provider_id: str) -> Provider:
@@ -110,18 +107,16 @@ class ProviderStore:
             ).first()
         return None if row is None else _provider(row)
 
-    async def list(self, user_id: str, after_seq: int, limit: int) -> tuple[list[Provider], int]:
+    async def list(self, user_id: str, after_seq: int, limit: int) -> Page:
         async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(ProviderRow)
-                    .where(ProviderRow.user_id == user_id, ProviderRow.seq > after_seq)
-                    .order_by(ProviderRow.seq)
-                    .limit(limit + 1)
-                )
-            ).all()
-        providers = [_provider(row) for row in rows[:limit]]
-        return providers, providers[-1].seq if len(rows) > limit else 0
+            rows, last_seq = await fetch_page(
+                conn,
+                select(ProviderRow).where(ProviderRow.user_id == user_id),
+                ProviderRow.seq,
+                after_seq,
+                limit,
+            )
+        return Page([_provider(row) for row in rows], last_seq)
 
     async def update(self, provider: Provider, expected_etag: str) -> Provider:
         provider.etag, provider.update_time = new_id(), utc_now()

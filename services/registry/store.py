@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from agentmesh.db import UtcDateTime, new_id, utc_now
+from agentmesh.db import Page, UtcDateTime, fetch_page, new_id, utc_now
 from agentmesh.errors import (
     Aborted,
     FailedPrecondition,
@@ -151,7 +151,6 @@ class ApiKey:
     create_time: datetime
     expire_time: datetime | None
     secret: str = ""  # only when just created
-    seq: int = 0
 
 
 @dataclass
@@ -178,7 +177,6 @@ class Agent:
     etag: str
     create_time: datetime
     update_time: datetime
-    seq: int = 0
 
 
 @dataclass
@@ -189,13 +187,6 @@ class Context:
     values: dict[str, Any]
     is_default: bool
     create_time: datetime
-    seq: int = 0
-
-
-@dataclass
-class Page:
-    items: list = field(default_factory=list)
-    last_seq: int = 0  # 0 when there is no next page
 
 
 class RegistryStore:
@@ -243,27 +234,18 @@ class RegistryStore:
 
     async def list_api_keys(self, user_id: str, after_seq: int, limit: int) -> Page:
         async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(ApiKeyRow)
-                    .where(ApiKeyRow.user_id == user_id, ApiKeyRow.seq > after_seq)
-                    .order_by(ApiKeyRow.seq)
-                    .limit(limit + 1)
-                )
-            ).all()
-        keys = [
-            ApiKey(
-                r.id,
-                r.user_id,
-                r.display_name,
-                r.prefix,
-                r.create_time,
-                r.expire_time,
-                seq=r.seq,
+            rows, last_seq = await fetch_page(
+                conn,
+                select(ApiKeyRow).where(ApiKeyRow.user_id == user_id),
+                ApiKeyRow.seq,
+                after_seq,
+                limit,
             )
-            for r in rows[:limit]
+        keys = [
+            ApiKey(r.id, r.user_id, r.display_name, r.prefix, r.create_time, r.expire_time)
+            for r in rows
         ]
-        return Page(keys, keys[-1].seq if len(rows) > limit else 0)
+        return Page(keys, last_seq)
 
     async def delete_api_key(self, user_id: str, key_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -458,7 +440,7 @@ class RegistryStore:
         agent = Agent(new_id(), user_id, spec, handoffs, new_id(), created, created)
         async with self.engine.begin() as conn:
             await self._require_own_agents(conn, user_id, handoffs)
-            result = await conn.execute(
+            await conn.execute(
                 insert(AgentRow).values(
                     id=agent.id,
                     user_id=user_id,
@@ -468,7 +450,6 @@ class RegistryStore:
                     update_time=created,
                 )
             )
-            agent.seq = result.inserted_primary_key[0]
             await self._write_handoffs(conn, agent.id, handoffs)
         return agent
 
@@ -478,17 +459,15 @@ class RegistryStore:
 
     async def list_agents(self, user_id: str, after_seq: int, limit: int) -> Page:
         async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(AgentRow)
-                    .where(AgentRow.user_id == user_id, AgentRow.seq > after_seq)
-                    .order_by(AgentRow.seq)
-                    .limit(limit + 1)
-                )
-            ).all()
-            handoffs = await self._handoffs_of(conn, [row.id for row in rows[:limit]])
-        agents = [self._agent(row, handoffs.get(row.id, [])) for row in rows[:limit]]
-        return Page(agents, agents[-1].seq if len(rows) > limit else 0)
+            rows, last_seq = await fetch_page(
+                conn,
+                select(AgentRow).where(AgentRow.user_id == user_id),
+                AgentRow.seq,
+                after_seq,
+                limit,
+            )
+            handoffs = await self._handoffs_of(conn, [row.id for row in rows])
+        return Page([self._agent(row, handoffs.get(row.id, [])) for row in rows], last_seq)
 
     async def update_agent(
         self,
@@ -566,7 +545,6 @@ class RegistryStore:
             row.etag,
             row.create_time,
             row.update_time,
-            row.seq,
         )
 
     async def _handoffs_of(self, conn, agent_ids: list[str]) -> dict[str, list[str]]:
@@ -626,7 +604,7 @@ class RegistryStore:
                     .where(ContextRow.agent_id == agent_id)
                     .values(is_default=False)
                 )
-            result = await conn.execute(
+            await conn.execute(
                 insert(ContextRow).values(
                     id=context.id,
                     agent_id=agent_id,
@@ -636,7 +614,6 @@ class RegistryStore:
                     create_time=context.create_time,
                 )
             )
-            context.seq = result.inserted_primary_key[0]
         return context
 
     async def get_context(self, user_id: str, agent_id: str, context_id: str) -> Context:
@@ -659,16 +636,14 @@ class RegistryStore:
     async def list_contexts(self, user_id: str, agent_id: str, after_seq: int, limit: int) -> Page:
         async with self.engine.connect() as conn:
             await self._get_agent(conn, user_id, agent_id)
-            rows = (
-                await conn.execute(
-                    select(ContextRow)
-                    .where(ContextRow.agent_id == agent_id, ContextRow.seq > after_seq)
-                    .order_by(ContextRow.seq)
-                    .limit(limit + 1)
-                )
-            ).all()
-        contexts = [self._context(row) for row in rows[:limit]]
-        return Page(contexts, contexts[-1].seq if len(rows) > limit else 0)
+            rows, last_seq = await fetch_page(
+                conn,
+                select(ContextRow).where(ContextRow.agent_id == agent_id),
+                ContextRow.seq,
+                after_seq,
+                limit,
+            )
+        return Page([self._context(row) for row in rows], last_seq)
 
     async def delete_context(self, user_id: str, agent_id: str, context_id: str) -> None:
         await self.get_context(user_id, agent_id, context_id)
@@ -684,5 +659,4 @@ class RegistryStore:
             row.values,
             row.is_default,
             row.create_time,
-            row.seq,
         )
