@@ -11,7 +11,7 @@ SETUP_STAMP := $(VENV)/.installed
 
 help:
 	@echo "make run     set everything up and bring the mesh up, applying examples/agents.json"
-	@echo "make test    every check: generated-code drift, buf lint/breaking, ruff, the test suite"
+	@echo "make test    every check: generated-code drift, buf lint/breaking, ruff, mypy, the test suite"
 	@echo "make bench   benchmarks, each printing its ratio to a floor measured in the same run"
 	@echo "make proto   regenerate agentmesh/gen from protos/"
 	@echo "make format  ruff format + fixes"
@@ -49,6 +49,10 @@ lint: setup-test
 	tools/buf_breaking.sh $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+typecheck: setup
+	$(VENV)/bin/mypy agentmesh services
 
 test: lint
 	$(PY) -m pytest -q
@@ -57,4 +61,4 @@ test: lint
 bench: setup
 	$(PY) bench/registry_rpc.py
 
-.PHONY: help setup setup-test run proto format lint test bench
+.PHONY: help setup setup-test run proto format lint typecheck test bench

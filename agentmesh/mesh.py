@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC
+from typing import Protocol
 
 import grpc
 
@@ -50,6 +51,14 @@ def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLooku
     return lookup
 
 
+class MeshService(Protocol):
+    """What the mesh runs: a service with its own data, registering its servicers."""
+
+    async def start(self) -> None: ...
+    def register(self, server: GrpcServer) -> None: ...
+    async def stop(self) -> None: ...
+
+
 class Mesh:
     def __init__(self, settings: Settings, services: tuple[str, ...] = SERVICES):
         unknown = set(services) - set(SERVICES)
@@ -60,7 +69,7 @@ class Mesh:
         self.port = 0
         self._nats: EmbeddedNats | None = None
         self._standin: ModelServer | None = None
-        self.components: list = []
+        self.components: list[MeshService] = []
         self._channels: list[grpc.aio.Channel] = []
 
     @property
@@ -78,7 +87,7 @@ class Mesh:
         self.events = await EventBus.connect(self.nats_url, name="agentmesh")
         service_token = settings.resolved_service_token()
 
-        wanted = []
+        wanted: list[MeshService] = []
         if "registry" in self.services:
             wanted.append(Registry(settings, self.events))
         if "providers" in self.services:

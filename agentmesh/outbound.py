@@ -74,4 +74,5 @@ async def check_destination(url: str, allow: Iterable[str]) -> None:
         return
     hosts, networks = _networks(allow)
     for *_, sockaddr in infos:
-        _check(host, ipaddress.ip_address(sockaddr[0].split("%")[0]), hosts, networks)
+        # IPv6 link-local addresses come with a zone ("fe80::1%eth0").
+        _check(host, ipaddress.ip_address(str(sockaddr[0]).split("%")[0]), hosts, networks)

@@ -36,7 +36,7 @@ def _type_name(value: int) -> str:
     return p.ProviderType.Name(value).removeprefix("PROVIDER_TYPE_").lower()
 
 
-def _type_value(name: str) -> int:
+def _type_value(name: str) -> p.ProviderType:
     return p.ProviderType.Value("PROVIDER_TYPE_" + name.upper())
 
 
@@ -257,7 +257,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
                 reason="SECRET_MISSING",
             ) from None
 
-    async def _changed(self, provider: Provider, kind: int) -> None:
+    async def _changed(self, provider: Provider, kind: events_pb2.ChangeKind) -> None:
         await self._events.publish(
             PROVIDERS_CHANGED,
             events_pb2.ProviderChanged(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, delete, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,7 +69,7 @@ class ProviderStore:
             if provider.is_default:
                 await self._clear_default(conn, provider.user_id)
             await conn.execute(
-                ProviderRow.__table__.insert().values(
+                insert(ProviderRow).values(
                     id=provider.id,
                     user_id=provider.user_id,
                     config=provider.config,

@@ -191,7 +191,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._store.delete_context(current_user().user_id, agent_id, context_id)
         return empty_pb2.Empty()
 
-    async def _changed(self, agent: records.Agent, kind: int) -> None:
+    async def _changed(self, agent: records.Agent, kind: events_pb2.ChangeKind) -> None:
         await self._events.publish(
             AGENTS_CHANGED,
             events_pb2.AgentChanged(
