@@ -41,6 +41,16 @@ def current_principal() -> Principal:
     return _current.get()
 
 
+def caller_for_logs() -> str:
+    """Who is calling, for a log line: a user's name, "service", or "-" before auth."""
+    principal = _current.get(None)
+    if principal is None:
+        return "-"
+    if principal.service:
+        return f"service({principal.user})" if principal.user else "service"
+    return principal.user
+
+
 def set_principal(principal: Principal) -> contextvars.Token:
     return _current.set(principal)
 

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from agentmesh.auth import Authenticator, Principal, set_principal
+from agentmesh.auth import Authenticator, Principal, caller_for_logs, set_principal
 from agentmesh.errors import InvalidArgument, PermissionDenied, ServiceError, internal_status
 
 log = logging.getLogger("agentmesh.rpc")
@@ -196,19 +196,27 @@ async def _validated(requests: AsyncIterator) -> AsyncIterator:
 
 def _log_ok(method: str, started: float) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info("%s OK %.1fms", method, (time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("%s OK %.1fms caller=%s", method, elapsed, caller_for_logs())
 
 
 async def _abort(context, method: str, started: float, error: BaseException):
     elapsed = (time.perf_counter() - started) * 1000
     if isinstance(error, ServiceError):
-        log.info("%s %s %.1fms", method, error.code.name, elapsed)
+        log.info("%s %s %.1fms caller=%s", method, error.code.name, elapsed, caller_for_logs())
         status = error.to_status()
     elif isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
         raise error
     else:
         reference = uuid.uuid4().hex[:12]
-        log.error("%s INTERNAL %.1fms reference=%s", method, elapsed, reference, exc_info=error)
+        log.error(
+            "%s INTERNAL %.1fms caller=%s reference=%s",
+            method,
+            elapsed,
+            caller_for_logs(),
+            reference,
+            exc_info=error,
+        )
         status = internal_status(reference)
     await context.abort_with_status(rpc_status.to_status(status))
 

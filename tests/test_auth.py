@@ -7,6 +7,7 @@ sent is exactly what the test says.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -436,3 +437,19 @@ async def test_api_keys_list_in_pages(new_sqlite_user):
     names = [key.name for key in (*first.api_keys, *second.api_keys)]
     assert len(set(names)) == 5
     assert all(not key.secret for key in (*first.api_keys, *second.api_keys))
+
+
+async def test_each_call_is_logged_with_its_caller_and_code(new_sqlite_user, caplog):
+    caplog.set_level(logging.INFO, logger="agentmesh.rpc")
+    client, user = await new_sqlite_user()
+    await client.registry.ListAgents(r.ListAgentsRequest())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.registry.GetAgent(r.GetAgentRequest(name="agents/missing"))
+    lines = [record.getMessage() for record in caplog.records if record.name == "agentmesh.rpc"]
+    assert any(
+        "RegistryService/ListAgents OK" in line and f"caller={user.name}" in line for line in lines
+    )
+    assert any(
+        "RegistryService/GetAgent NOT_FOUND" in line and f"caller={user.name}" in line
+        for line in lines
+    )
