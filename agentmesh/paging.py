@@ -15,7 +15,10 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_page_token(last_seq: int) -> str:
+def next_page_token(last_seq: int) -> str:
+    """The token for the page after `last_seq`; empty when there is none (last_seq 0)."""
+    if not last_seq:
+        return ""
     return base64.urlsafe_b64encode(f"v1:{last_seq}".encode()).decode().rstrip("=")
 
 

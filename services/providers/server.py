@@ -146,7 +146,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         )
         return p.ListProvidersResponse(
             providers=[_proto(provider) for provider in page.items],
-            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
+            next_page_token=paging.next_page_token(page.last_seq),
         )
 
     async def UpdateProvider(self, request, context):

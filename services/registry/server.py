@@ -89,7 +89,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return registry_pb2.ListAgentsResponse(
             agents=[_agent_proto(agent) for agent in page.items],
-            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
+            next_page_token=paging.next_page_token(page.last_seq),
         )
 
     async def UpdateAgent(self, request, context):
@@ -183,7 +183,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return registry_pb2.ListContextsResponse(
             contexts=[_context_proto(c) for c in page.items],
-            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
+            next_page_token=paging.next_page_token(page.last_seq),
         )
 
     async def DeleteContext(self, request, context):
@@ -293,7 +293,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         )
         return account_pb2.ListApiKeysResponse(
             api_keys=[_key_proto(key) for key in page.items],
-            next_page_token=paging.encode_page_token(page.last_seq) if page.last_seq else "",
+            next_page_token=paging.next_page_token(page.last_seq),
         )
 
     async def DeleteApiKey(self, request, context):
