@@ -38,6 +38,10 @@ run: setup
 proto: setup
 	$(PY) tools/genproto.py
 
+# Records the contract as released: what `buf breaking` guards from now on.
+contract-baseline: setup-test
+	$(BUF) build --path protos/agentmesh -o contract/released.binpb
+
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
@@ -61,4 +65,4 @@ test: lint
 bench: setup
 	$(PY) bench/registry_rpc.py
 
-.PHONY: help setup setup-test run proto format lint typecheck test bench
+.PHONY: help setup setup-test run proto contract-baseline format lint typecheck test bench

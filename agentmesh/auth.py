@@ -41,6 +41,11 @@ def current_principal() -> Principal:
     return _current.get()
 
 
+def current_principal_or_none() -> Principal | None:
+    """The caller of the RPC being served, or None outside one."""
+    return _current.get(None)
+
+
 def caller_for_logs() -> str:
     """Who is calling, for a log line: a user's name, "service", or "-" before auth."""
     principal = _current.get(None)

@@ -1,32 +1,69 @@
 """Agent definitions kept in a JSON file, applied to the registry through its API.
 
-The file holds {"agents": [Agent in proto JSON form, ...]}; handoffs name other
-agents of the file by display_name. Applying is idempotent: an agent whose
-display_name exists already is updated in place.
+The file holds {"agents": [...]}: each entry is an Agent in proto JSON form plus
+"id", the agent's id (it becomes agents/{id}; ids are the caller's own). Its
+"handoffs" name other agents by id; agent tools and agent guardrails name them
+as the Agent message does, "agents/{id}".
+
+Applying is idempotent: an agent that exists is updated to the file's
+definition (and left alone, with no new revision, if it matches already), one
+that does not is created with its id. Agents another uses as a tool or a
+guardrail are applied first; handoffs last, once every agent exists.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
+from google.api import field_behavior_pb2
 from google.protobuf import field_mask_pb2, json_format
 
+from agentmesh.api import field_behaviors
 from agentmesh.client import Client
-from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.registry.v1 import registry_pb2
 
+# What a file defines: every field a client sets, but the name, etag and handoffs.
 _DEFINITION_FIELDS = [
+    name
+    for name, kinds in field_behaviors(registry_pb2.Agent.DESCRIPTOR).items()
+    if name not in ("name", "etag", "handoffs") and field_behavior_pb2.OUTPUT_ONLY not in kinds
+]
+_KEPT_APART = [
     field.name
-    for field in r.Agent.DESCRIPTOR.fields
-    if field.name not in ("name", "create_time", "update_time", "etag", "handoffs")
+    for field in registry_pb2.Agent.DESCRIPTOR.fields
+    if field.name not in _DEFINITION_FIELDS
 ]
 
 
-async def list_all_agents(client: Client) -> list[r.Agent]:
+@dataclass
+class _Entry:
+    id: str
+    definition: registry_pb2.Agent  # without handoffs
+    handoffs: list[str]  # agents/{id}
+
+    @property
+    def name(self) -> str:
+        return f"agents/{self.id}"
+
+    def uses(self) -> set[str]:
+        """Names of the agents it uses as tools and guardrails."""
+        agent = self.definition
+        names = {tool.agent.agent for tool in agent.tools if tool.WhichOneof("kind") == "agent"}
+        for guardrail in [*agent.input_guardrails, *agent.output_guardrails]:
+            if guardrail.WhichOneof("check") == "agent":
+                names.add(guardrail.agent.agent)
+        return names
+
+
+async def list_all_agents(client: Client) -> list[registry_pb2.Agent]:
     agents, token = [], ""
     while True:
         page = await client.registry.ListAgents(
-            r.ListAgentsRequest(page_size=1000, page_token=token)
+            registry_pb2.ListAgentsRequest(page_size=1000, page_token=token)
         )
         agents.extend(page.agents)
         token = page.next_page_token
@@ -34,40 +71,88 @@ async def list_all_agents(client: Client) -> list[r.Agent]:
             return agents
 
 
-def load_definitions(path: Path) -> list[dict]:
+def load_definitions(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["agents"]
 
 
-async def apply_definitions(client: Client, definitions: list[dict]) -> list[r.Agent]:
-    existing = {agent.display_name: agent for agent in await list_all_agents(client)}
-    applied: dict[str, r.Agent] = {}
-    for definition in definitions:
-        handoff_names = definition.pop("handoffs", [])
-        agent = json_format.ParseDict(definition, r.Agent())
-        if agent.display_name in existing:
-            agent.name = existing[agent.display_name].name
-            applied[agent.display_name] = await client.registry.UpdateAgent(
-                r.UpdateAgentRequest(
-                    agent=agent, update_mask=field_mask_pb2.FieldMask(paths=_DEFINITION_FIELDS)
+async def apply_definitions(
+    client: Client, definitions: list[dict[str, Any]]
+) -> list[registry_pb2.Agent]:
+    """Creates or updates every agent of the file; returns them in the file's order."""
+    entries = [_entry(definition) for definition in definitions]
+    applied: dict[str, registry_pb2.Agent] = {}
+    for entry in _users_last(entries):
+        applied[entry.id] = await _put(client, entry)
+    for entry in entries:
+        if list(applied[entry.id].handoffs) != entry.handoffs:
+            applied[entry.id] = await client.registry.UpdateAgent(
+                registry_pb2.UpdateAgentRequest(
+                    agent=registry_pb2.Agent(name=entry.name, handoffs=entry.handoffs),
+                    update_mask=field_mask_pb2.FieldMask(paths=["handoffs"]),
                 )
             )
-        else:
-            applied[agent.display_name] = await client.registry.CreateAgent(
-                r.CreateAgentRequest(agent=agent)
-            )
-        definition["handoffs"] = handoff_names
-    # Handoffs last: their targets must exist first.
-    for definition in definitions:
-        source = applied[definition["displayName"]]
-        for target_name in definition["handoffs"]:
-            source = await client.registry.AddHandoff(
-                r.AddHandoffRequest(agent=source.name, target=applied[target_name].name)
-            )
-        applied[definition["displayName"]] = source
-    return list(applied.values())
+    return [applied[entry.id] for entry in entries]
 
 
-def format_agents(agents: list[r.Agent]) -> str:
+def _entry(definition: dict[str, Any]) -> _Entry:
+    fields = dict(definition)
+    agent_id = fields.pop("id", "")
+    if not agent_id:
+        raise ValueError(f"an agent of the file has no id: {fields.get('displayName', fields)!r}")
+    handoffs = [f"agents/{target}" for target in fields.pop("handoffs", [])]
+    return _Entry(agent_id, json_format.ParseDict(fields, registry_pb2.Agent()), handoffs)
+
+
+def _users_last(entries: list[_Entry]) -> list[_Entry]:
+    """The entries ordered so that agents used as tools or guardrails come first."""
+    by_name = {entry.name: entry for entry in entries}
+    ordered: list[_Entry] = []
+    placed: set[str] = set()
+    visiting: set[str] = set()
+
+    def place(entry: _Entry) -> None:
+        if entry.name in placed:
+            return
+        if entry.name in visiting:
+            raise ValueError(f"{entry.name} uses itself through its tools or guardrails")
+        visiting.add(entry.name)
+        for used in sorted(entry.uses()):
+            if used in by_name:  # agents outside the file must exist already
+                place(by_name[used])
+        ordered.append(entry)
+        placed.add(entry.name)
+
+    for entry in entries:
+        place(entry)
+    return ordered
+
+
+async def _put(client: Client, entry: _Entry) -> registry_pb2.Agent:
+    try:
+        current = await client.registry.GetAgent(registry_pb2.GetAgentRequest(name=entry.name))
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return await client.registry.CreateAgent(
+            registry_pb2.CreateAgentRequest(agent=entry.definition, agent_id=entry.id)
+        )
+    defined = registry_pb2.Agent()
+    defined.CopyFrom(current)
+    for field in _KEPT_APART:
+        defined.ClearField(field)
+    if defined == entry.definition:
+        return current
+    update = registry_pb2.Agent()
+    update.CopyFrom(entry.definition)
+    update.name = entry.name
+    return await client.registry.UpdateAgent(
+        registry_pb2.UpdateAgentRequest(
+            agent=update, update_mask=field_mask_pb2.FieldMask(paths=_DEFINITION_FIELDS)
+        )
+    )
+
+
+def format_agents(agents: list[registry_pb2.Agent]) -> str:
     by_name = {agent.name: agent.display_name for agent in agents}
     lines = [f"{'AGENT':<40} {'DISPLAY NAME':<18} {'TOOLS':<5} HANDOFFS"]
     for agent in agents:

@@ -1,91 +1,393 @@
-"""The agentmesh command: run the mesh, one service, or talk to a running mesh."""
+"""The agentmesh command: run the mesh or one service, or use a running mesh.
+
+agentmesh up [--apply FILE] [--ask AGENT TEXT]   every service on one port
+agentmesh serve NAME                             one service alone (split deployment)
+agentmesh agents list | apply FILE
+agentmesh run AGENT "input" [--conversation C] [--context key=value]
+agentmesh runs list | get RUN | watch RUN
+agentmesh approvals list RUN | approve NAME | reject NAME --reason WHY
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Callable, Coroutine
+from functools import wraps
 from pathlib import Path
+from typing import Annotated, Any
 
-from agentmesh.catalog import apply_definitions, format_agents, list_all_agents, load_definitions
+import grpc
+import typer
+from google.protobuf import json_format, struct_pb2
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from agentmesh.catalog import apply_definitions, list_all_agents, load_definitions
 from agentmesh.client import Client
 from agentmesh.config import Settings
-from agentmesh.mesh import SERVICES, Mesh
-from agentmesh.server import wait_for_termination_signal
+from agentmesh.gen.registry.v1 import registry_pb2
+from agentmesh.gen.runner.v1 import runner_pb2
+from agentmesh.mesh import Mesh, ServicePlugin
+from agentmesh.server import termination_signal
+from services import PLUGINS, plugins_named
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+agents_app = typer.Typer(help="Agents in the registry.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs: list, read, watch.", no_args_is_help=True)
+approvals_app = typer.Typer(
+    help="Tool calls waiting for a person's decision.", no_args_is_help=True
+)
+app.add_typer(agents_app, name="agents")
+app.add_typer(runs_app, name="runs")
+app.add_typer(approvals_app, name="approvals")
+out = Console()
+err = Console(stderr=True)
+
+State = runner_pb2.Run.State
+DataDir = Annotated[Path | None, typer.Option(help="Default .agentmesh")]
+Port = Annotated[int | None, typer.Option(help="Default 50051; 0 picks a free port")]
+Host = Annotated[str | None, typer.Option(help="Default 127.0.0.1")]
+Target = Annotated[str, typer.Option(help="The mesh to talk to")]
+Key = Annotated[str | None, typer.Option(help="API key (default: read --key-file)")]
+KeyFile = Annotated[Path, typer.Option(help="File holding the API key")]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        key: value
-        for key, value in (("data_dir", args.data_dir), ("port", args.port), ("host", args.host))
-        if value is not None
-    }
-    return Settings(**overrides)
+def _async(command: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Runs an async command; a gRPC error becomes its message and exit status 1."""
 
-
-async def _run(settings: Settings, services: tuple[str, ...], apply: list[dict] | None) -> None:
-    async with Mesh(settings, services) as mesh:
-        if apply:
-            key = await asyncio.to_thread((settings.data_dir / "admin.key").read_text)
-            async with Client(mesh.address, key.strip()) as client:
-                agents = await apply_definitions(client, apply)
-                print(f"applied {len(agents)} agent definitions; the registry now lists:")
-                print(format_agents(await list_all_agents(client)), flush=True)
-        print(f"agentmesh is up on {mesh.address} (Ctrl-C or SIGTERM to stop)", flush=True)
-        await wait_for_termination_signal()
-    print("agentmesh stopped", flush=True)
-
-
-async def _agents(args: argparse.Namespace, key: str) -> None:
-    async with Client(args.target, key) as client:
-        if args.action == "apply":
-            await apply_definitions(client, load_definitions(Path(args.file)))
-        print(format_agents(await list_all_agents(client)))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def server_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--data-dir", type=Path, help="default .agentmesh")
-        command.add_argument("--port", type=int, help="default 50051; 0 picks a free port")
-        command.add_argument("--host", help="default 127.0.0.1")
-
-    up = commands.add_parser("up", help="run every implemented service on one port")
-    server_options(up)
-    up.add_argument("--apply", type=Path, help="agent definitions (JSON) to apply once up")
-
-    serve = commands.add_parser("serve", help="run one service alone (split deployment)")
-    serve.add_argument("service", choices=SERVICES)
-    server_options(serve)
-
-    agents = commands.add_parser("agents", help="list or apply agents on a running mesh")
-    agents.add_argument("action", choices=["list", "apply"])
-    agents.add_argument("file", nargs="?", help="definitions file, for apply")
-    agents.add_argument("--target", default="127.0.0.1:50051")
-    agents.add_argument("--key", help="API key (default: read --key-file)")
-    agents.add_argument("--key-file", default=".agentmesh/admin.key")
-
-    args = parser.parse_args(argv)
-    if args.command in ("up", "serve"):
-        settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-            stream=sys.stderr,
-        )
-        services = SERVICES if args.command == "up" else (args.service,)
-        apply = getattr(args, "apply", None)
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
         try:
-            asyncio.run(_run(settings, services, load_definitions(apply) if apply else None))
-        except OSError as error:  # a taken port, an unwritable data dir
-            sys.exit(f"agentmesh: cannot start: {error}")
-    else:
-        if args.action == "apply" and not args.file:
-            parser.error("agents apply needs a file")
-        asyncio.run(_agents(args, (args.key or Path(args.key_file).read_text()).strip()))
+            asyncio.run(command(*args, **kwargs))
+        except grpc.aio.AioRpcError as error:
+            err.print(f"[red]{error.code().name}[/red]: {error.details()}")
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _client(target: str, key: str | None, key_file: Path) -> Client:
+    return Client(target, (key or key_file.read_text()).strip())
+
+
+def _settings(data_dir: Path | None, port: int | None, host: str | None) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": data_dir, "port": port, "host": host}
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Their INFO lines carry full URLs, which may hold a webhook's or a tool's token.
+    for noisy in ("httpx2", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: Any = None) -> None:
+    _logging(settings)
+
+    async def serve() -> None:
+        async with Mesh(settings, plugins) as mesh:
+            if after_start is not None:
+                await after_start(mesh)
+            async with termination_signal() as stop:
+                out.print(f"agentmesh is up on {mesh.address} (Ctrl-C or SIGTERM to stop)")
+                await stop.wait()
+        out.print("agentmesh stopped")
+
+    try:
+        asyncio.run(serve())
+    except OSError as error:  # a taken port, an unwritable data dir
+        err.print(f"agentmesh: cannot start: {error}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    port: Port = None,
+    host: Host = None,
+    apply: Annotated[Path | None, typer.Option(help="Agent definitions (JSON) to apply")] = None,
+    ask: Annotated[
+        tuple[str, str] | None, typer.Option(help="Run AGENT on TEXT once up, and print it")
+    ] = None,
+) -> None:
+    """Every service, on one port, on embedded defaults."""
+    settings = _settings(data_dir, port, host)
+    definitions = load_definitions(apply) if apply else None
+
+    async def after_start(mesh: Mesh) -> None:
+        key = (settings.data_dir / "admin.key").read_text().strip()
+        async with Client(mesh.address, key) as client:
+            if definitions:
+                applied = await apply_definitions(client, definitions)
+                out.print(f"applied {len(applied)} agent definitions; the registry now lists:")
+                out.print(_agents_table(await list_all_agents(client)))
+            if ask:
+                await _stream_run(client, ask[0], ask[1], conversation="", context={})
+
+    _serve(settings, PLUGINS, after_start)
+
+
+@app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help=", ".join(p.name for p in PLUGINS))],
+    data_dir: DataDir = None,
+    port: Port = None,
+    host: Host = None,
+) -> None:
+    """One service alone, for a split deployment."""
+    try:
+        plugins = plugins_named(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    _serve(_settings(data_dir, port, host), plugins)
+
+
+# ---- agents ---------------------------------------------------------------------------
+
+
+def _agents_table(agents: list[registry_pb2.Agent]) -> Table:
+    names = {agent.name: agent.display_name for agent in agents}
+    table = Table("AGENT", "DISPLAY NAME", "TOOLS", "HANDOFFS", box=None)
+    for agent in agents:
+        handoffs = ", ".join(names.get(h, h) for h in agent.handoffs) or "-"
+        table.add_row(agent.name, agent.display_name, str(len(agent.tools)), handoffs)
+    return table
+
+
+@agents_app.command("list")
+@_async
+async def agents_list(
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        out.print(_agents_table(await list_all_agents(client)))
+
+
+@agents_app.command("apply")
+@_async
+async def agents_apply(
+    file: Path,
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        await apply_definitions(client, load_definitions(file))
+        out.print(_agents_table(await list_all_agents(client)))
+
+
+async def _agent_name(client: Client, agent: str) -> str:
+    """An agent by resource name, id or display name."""
+    if agent.startswith("agents/"):
+        return agent
+    matches = [
+        a.name for a in await list_all_agents(client) if agent in (a.name[7:], a.display_name)
+    ]
+    if len(matches) != 1:
+        raise typer.BadParameter(
+            f"{agent!r} names {'no agent' if not matches else 'several agents'}; "
+            "use its resource name (agents/...)"
+        )
+    return matches[0]
+
+
+# ---- runs -----------------------------------------------------------------------------
+
+
+def _context(pairs: list[str]) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            context[name] = json.loads(value)
+        except json.JSONDecodeError:
+            context[name] = value
+    return context
+
+
+async def _stream_run(
+    client: Client, agent: str, text: str, conversation: str, context: dict[str, Any]
+) -> runner_pb2.Run:
+    request = runner_pb2.RunAgentRequest(
+        agent=await _agent_name(client, agent), input=text, conversation=conversation
+    )
+    request.context_values.CopyFrom(json_format.ParseDict(context, struct_pb2.Struct()))
+    return await _show_events(client.runner.StreamRun(request))
+
+
+async def _show_events(events: Any) -> runner_pb2.Run:
+    """Draws a run's events as they come: its answer live, then what it cost."""
+    answer = Text()
+    finished = runner_pb2.Run()
+    with Live(answer, console=out, refresh_per_second=20, transient=False):
+        async for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "text_delta":
+                answer.append(event.text_delta.delta)
+            elif kind == "item" and event.item.type == runner_pb2.RunItem.TYPE_TOOL_CALL:
+                answer.append(f"\n[{event.item.tool_name}({event.item.data})]\n", style="dim")
+            elif kind == "agent_updated":
+                answer.append(f"\n→ {event.agent_updated}\n", style="cyan")
+            elif kind == "approval_required":
+                answer.append(
+                    f"\n{event.approval_required.name} waits for approval: "
+                    f"{event.approval_required.tool_name}({event.approval_required.arguments})\n",
+                    style="yellow",
+                )
+            elif kind == "run_finished":
+                finished = event.run_finished
+    _summary(finished)
+    return finished
+
+
+def _summary(run: runner_pb2.Run) -> None:
+    state = State.Name(run.state).removeprefix("STATE_")
+    style = {"SUCCEEDED": "green", "AWAITING_APPROVAL": "yellow"}.get(state, "red")
+    out.print(
+        f"[{style}]{state}[/{style}] {run.name}  {run.usage.requests} model calls, "
+        f"{run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
+        f"{run.credits} credits  {run.conversation}"
+    )
+    if run.error.message:
+        out.print(f"[red]{run.error.message}[/red]")
+
+
+@app.command()
+@_async
+async def run(
+    agent: Annotated[str, typer.Argument(help="Resource name, id or display name")],
+    text: Annotated[str, typer.Argument(help="The input")],
+    conversation: Annotated[str, typer.Option(help="conversations/... to continue")] = "",
+    context: Annotated[list[str], typer.Option(help="key=value (JSON value or text)")] = [],  # noqa: B006
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    """Runs an agent and streams its answer as it comes."""
+    async with _client(target, key, key_file) as client:
+        finished = await _stream_run(client, agent, text, conversation, _context(context))
+    if finished.state not in (State.STATE_SUCCEEDED, State.STATE_AWAITING_APPROVAL):
+        raise typer.Exit(1)
+
+
+@runs_app.command("list")
+@_async
+async def runs_list(
+    agent: Annotated[str, typer.Option(help="Only this agent's runs")] = "",
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        name = await _agent_name(client, agent) if agent else ""
+        runs = (
+            await client.runner.ListRuns(runner_pb2.ListRunsRequest(agent=name, page_size=100))
+        ).runs
+    table = Table("RUN", "AGENT", "STATE", "CREDITS", "OUTPUT", box=None)
+    for found in runs:
+        state = State.Name(found.state).removeprefix("STATE_")
+        table.add_row(found.name, found.agent, state, str(found.credits), found.final_output[:60])
+    out.print(table)
+
+
+@runs_app.command("get")
+@_async
+async def runs_get(
+    name: str,
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        found = await client.runner.GetRun(runner_pb2.GetRunRequest(name=name))
+    out.print_json(json_format.MessageToJson(found))
+
+
+@runs_app.command("watch")
+@_async
+async def runs_watch(
+    name: str,
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        await _show_events(client.runner.WatchRun(runner_pb2.WatchRunRequest(name=name)))
+
+
+# ---- approvals --------------------------------------------------------------------------
+
+
+@approvals_app.command("list")
+@_async
+async def approvals_list(
+    run_name: Annotated[str, typer.Argument(metavar="RUN")],
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        found = await client.runner.ListApprovals(runner_pb2.ListApprovalsRequest(parent=run_name))
+    table = Table("APPROVAL", "TOOL", "ARGUMENTS", "STATE", box=None)
+    for approval in found.approvals:
+        state = runner_pb2.Approval.State.Name(approval.state).removeprefix("STATE_")
+        table.add_row(approval.name, approval.tool_name, approval.arguments, state)
+    out.print(table)
+
+
+async def _decide(
+    name: str,
+    decision: runner_pb2.ResolveApprovalRequest.Decision,
+    reason: str,
+    client: Client,
+) -> None:
+    decided = await client.runner.ResolveApproval(
+        runner_pb2.ResolveApprovalRequest(name=name, decision=decision, reason=reason)
+    )
+    out.print(
+        f"{decided.name}: {runner_pb2.Approval.State.Name(decided.state).removeprefix('STATE_')}"
+    )
+
+
+@approvals_app.command("approve")
+@_async
+async def approvals_approve(
+    name: str,
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        await _decide(name, runner_pb2.ResolveApprovalRequest.DECISION_APPROVE, "", client)
+
+
+@approvals_app.command("reject")
+@_async
+async def approvals_reject(
+    name: str,
+    reason: Annotated[str, typer.Option(help="What the model is told")],
+    target: Target = "127.0.0.1:50051",
+    key: Key = None,
+    key_file: KeyFile = Path(".agentmesh/admin.key"),
+) -> None:
+    async with _client(target, key, key_file) as client:
+        await _decide(name, runner_pb2.ResolveApprovalRequest.DECISION_REJECT, reason, client)
+
+
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":

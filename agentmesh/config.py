@@ -27,11 +27,14 @@ class Settings(BaseSettings):
     # Shared secret services present to each other. Empty: generated into
     # data_dir/service.token on first start (embedded mode only).
     service_token: str = ""
-    # Where the registry answers; empty means this process's own port.
-    registry_target: str = ""
+    # Where other services answer, by name (JSON in the environment), e.g.
+    # {"registry": "registry:50051"}; a service not named is in this process.
+    peers: dict[str, str] = {}
     log_level: str = "INFO"
     # How long an authenticated API key is trusted before it is checked again.
     auth_cache_seconds: float = 30.0
+    # Credits the admin user gets when the registry first starts (0: none).
+    admin_credits: int = 1_000_000
     # How often the registry releases credit reservations whose ttl has passed.
     reservation_sweep_seconds: float = 5.0
     # Where provider API keys live: "local" (AES-GCM files under data_dir/secrets)
@@ -50,6 +53,17 @@ class Settings(BaseSettings):
     # With no OPENAI_API_KEY, start the stand-in model server (not a model: it
     # answers by rules) and make it the system default, so the mesh works offline.
     standin_model: bool = True
+    # The model an agent runs on when neither it nor its provider names one.
+    default_model: str = "gpt-4.1-mini"
+    # Credits per 1,000 tokens by model name ("default" for the rest), JSON, e.g.
+    # {"gpt-4.1": {"input": 2, "cached_input": 0.5, "output": 8}}.
+    credit_prices: dict[str, dict[str, float]] = {}
+    # What a run without a cap holds at a time; it extends the hold as it goes.
+    run_credit_chunk: int = 10
+    # How long a tool call waits for a person's decision before it is rejected.
+    approval_ttl_seconds: float = 86400.0
+    # How often expired approvals are looked for.
+    approval_sweep_seconds: float = 30.0
 
     def database_url_for(self, service: str) -> str:
         return self.database_url.format(service=service, data_dir=self.data_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,15 +23,6 @@ class Page:
     last_seq: int = 0  # 0 when there is no next page
 
 
-def new_id() -> str:
-    """A resource id: 32 hex characters, unguessable, safe in a resource name."""
-    return uuid.uuid4().hex
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class UtcDateTime(TypeDecorator):
     """A timestamp that always comes back timezone-aware, in UTC.
 
@@ -48,10 +39,21 @@ class UtcDateTime(TypeDecorator):
         return value
 
 
-async def fetch_page(conn, query, seq, after_seq: int, limit: int) -> tuple[list, int]:
+async def fetch_page(
+    conn, query, seq, after_seq: int, limit: int, *, newest_first: bool = False
+) -> tuple[list, int]:
     """Up to `limit` rows of `query` past `after_seq` in `seq` order (keyset paging),
-    and the seq a next page continues after: 0 when this page is the last."""
-    rows = (await conn.execute(query.where(seq > after_seq).order_by(seq).limit(limit + 1))).all()
+    and the seq a next page continues after: 0 when this page is the last.
+
+    `newest_first` pages in descending `seq` order; "past" then means below,
+    and an `after_seq` of 0 still means the first page.
+    """
+    if newest_first:
+        query = query.where(seq < after_seq) if after_seq else query
+        query = query.order_by(seq.desc())
+    else:
+        query = query.where(seq > after_seq).order_by(seq)
+    rows = (await conn.execute(query.limit(limit + 1))).all()
     if len(rows) <= limit:
         return rows, 0
     return rows[:limit], getattr(rows[limit - 1], seq.key)
@@ -64,7 +66,11 @@ def create_engine(url: str) -> AsyncEngine:
             url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
         )
     if parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Only the mesh's own user may read its data (SQLite keeps -wal and -shm
+        # files at the database file's mode).
+        path = Path(parsed.database)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
     engine = create_async_engine(url, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -90,7 +96,12 @@ def run_migrations_from_env() -> None:
     engine = create_sync_engine(context.config.attributes["url"], poolclass=pool.NullPool)
     with engine.connect() as connection:
         # render_as_batch lets ALTERs run on SQLite, which rebuilds the table instead.
-        context.configure(connection=connection, render_as_batch=True)
+        # Each service keeps its own version table: services may share one database.
+        context.configure(
+            connection=connection,
+            render_as_batch=True,
+            version_table=context.config.attributes["version_table"],
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
@@ -98,6 +109,7 @@ def run_migrations_from_env() -> None:
 
 def _alembic_config(migrations: Path, url: str) -> Config:
     config = Config()
+    config.attributes["version_table"] = f"alembic_version_{migrations.parent.name}"
     config.set_main_option("script_location", str(migrations))
     # Migrations run on a plain (sync) driver: the same URL minus the async one.
     sync_url = make_url(url)
@@ -113,3 +125,9 @@ def migrate(migrations: Path, url: str, revision: str = "head") -> None:
 
 def downgrade(migrations: Path, url: str, revision: str = "base") -> None:
     command.downgrade(_alembic_config(migrations, url), revision)
+
+
+async def open_database(url: str, migrations: Path) -> AsyncEngine:
+    """A service's database, migrated to the newest revision of its migrations."""
+    await asyncio.to_thread(migrate, migrations, url)
+    return create_engine(url)

@@ -12,8 +12,20 @@ from collections.abc import Iterable
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 DOMAIN = "agentmesh.dev"
+# How much of a user's own text an error message may quote back: an error must
+# stay small whatever the request held (a megabyte of pattern is still one line).
+QUOTE_LIMIT = 200
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """User text for an error message or a log line: repr-escaped (no raw newlines
+    or control characters, so it cannot forge a log line) and cut to `limit`."""
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
 
 
 class ServiceError(Exception):
@@ -41,6 +53,14 @@ class ServiceError(Exception):
         return status
 
 
+# A status travels in HTTP/2 trailers, which clients cap at 8 KiB by default: a
+# bigger one reaches the caller as RESOURCE_EXHAUSTED instead of the error it is.
+_FIELD_LIMIT = 160
+_DESCRIPTION_LIMIT = 160
+_MAX_VIOLATIONS = 10
+_SUMMARY_LIMIT = 480
+
+
 class InvalidArgument(ServiceError):
     """A request a client must fix; each violation names the field."""
 
@@ -48,8 +68,15 @@ class InvalidArgument(ServiceError):
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Iterable[tuple[str, str]], *, reason: str | None = None):
-        self.violations = list(violations)
+        # Descriptions may quote what a client sent (a pattern, a schema error);
+        # capped, a bad request always gets a readable answer, never one too big.
+        self.violations = [
+            (field[:_FIELD_LIMIT], description[:_DESCRIPTION_LIMIT])
+            for field, description in list(violations)[:_MAX_VIOLATIONS]
+        ]
         summary = "; ".join(f"{field}: {description}" for field, description in self.violations)
+        if len(summary) > _SUMMARY_LIMIT:
+            summary = summary[:_SUMMARY_LIMIT] + "..."
         super().__init__(f"invalid request: {summary}", reason=reason)
 
     def details(self) -> list:
@@ -81,10 +108,24 @@ class Aborted(ServiceError):
     code = grpc.StatusCode.ABORTED
     reason = "ETAG_MISMATCH"
 
+    @classmethod
+    def stale(cls, resource_name: str) -> Aborted:
+        """The etag a client sent is not the resource's: it changed since it was read."""
+        return cls(
+            f"{resource_name} changed since it was read; read it again", resource=resource_name
+        )
+
 
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
+
+
+class Unimplemented(ServiceError):
+    """A method the contract has and this deployment does not serve yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
 
 
 class PermissionDenied(ServiceError):
@@ -130,6 +171,35 @@ class QuotaExceeded(ServiceError):
             ]
         )
         return [quota, *super().details()]
+
+
+class PeerError(ServiceError):
+    """Another service's error, passed on as it came: same code, message and details.
+
+    A NOT_FOUND from the registry is the caller's NOT_FOUND; an UNAVAILABLE peer is
+    this call's UNAVAILABLE.
+    """
+
+    def __init__(self, status: status_pb2.Status):
+        super().__init__(status.message)
+        self.status = status
+        self.code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+
+    @classmethod
+    def of(cls, error: grpc.aio.AioRpcError) -> ServiceError:
+        status = rpc_status.from_call(error)
+        if status is None:
+            code = error.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return Unavailable("a service this call needs is not answering")
+            status = status_pb2.Status(code=code.value[0], message=error.details() or "")
+        return cls(status)
+
+    def to_status(self) -> status_pb2.Status:
+        return self.status
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def internal_status(reference: str) -> status_pb2.Status:

@@ -1,43 +1,99 @@
 """Runs agentmesh services in one process, behind one gRPC port.
 
-Services still reach each other through gRPC stubs over a channel, exactly as
-they would across pods; sharing a process only saves the deployment.
+Each service plugs in through one seam: a `ServicePlugin` whose `create`
+factory takes a `MeshContext` (settings, its database opened and migrated,
+the event bus, peer channels, the authenticator) and returns the servicers to
+serve. The kernel knows no service by name; `agentmesh up`, `agentmesh serve`
+and the tests iterate one list of plugins (`services.PLUGINS`).
+
+Services still reach each other through gRPC over a channel, exactly as they
+would across pods; sharing a process only saves the deployment.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Protocol
+from pathlib import Path
 
 import grpc
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh.auth import Authenticator, KeyLookup, Principal
+from agentmesh.auth import USER_HEADER, Authenticator, Principal, current_principal_or_none
+from agentmesh.client import bearer, metadata_interceptors
 from agentmesh.config import Settings
+from agentmesh.db import open_database
 from agentmesh.errors import Unavailable
 from agentmesh.events import EventBus
-from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc
+from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, events_pb2
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.server import GrpcServer
-from agentmesh.testing.model_server import ModelServer
-from services.providers.service import Providers
-from services.registry.service import Registry
 
 log = logging.getLogger("agentmesh")
 
-# Services implemented so far, in start order.
-SERVICES = ("registry", "providers")
+
+class MeshService:
+    """What a plugin's factory returns: servicers to serve, and what to stop."""
+
+    def __init__(self, *servicers: object):
+        self.servicers = list(servicers)
+
+    async def stop(self) -> None:
+        """Stops background work and closes what the service opened."""
 
 
-def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLookup:
+@dataclass(frozen=True)
+class ServicePlugin:
+    name: str
+    create: Callable[[MeshContext], Awaitable[MeshService]]
+    # Alembic migrations of the service's own database; None: it keeps no data.
+    migrations: Path | None = None
+    # Its tables, for the tests that compare migrations with models.
+    metadata: MetaData | None = None
+
+
+def _service_credentials(service_token: str) -> Callable[[grpc.aio.Metadata], None]:
+    """Calls to a peer carry the service token, and the user the call acts for."""
+    add_token = bearer(service_token)
+
+    def add(metadata: grpc.aio.Metadata) -> None:
+        add_token(metadata)
+        principal = current_principal_or_none()
+        if principal is not None and principal.user and USER_HEADER not in metadata:
+            metadata.add(USER_HEADER, principal.user)
+
+    return add
+
+
+@dataclass
+class MeshContext:
+    """What the mesh gives one service."""
+
+    name: str
+    settings: Settings
+    events: EventBus
+    authenticator: Authenticator
+    # The service's own database, migrated; None for a service without one.
+    database: AsyncEngine | None
+    _peer: Callable[[str], grpc.aio.Channel] = field(repr=False)
+
+    def peer(self, service: str) -> grpc.aio.Channel:
+        """A channel to another service (by name, e.g. "registry") that carries the
+        service token and, inside an RPC, the user it acts for."""
+        return self._peer(service)
+
+
+def remote_key_lookup(channel: grpc.aio.Channel):
     """Authenticates API keys by asking the registry's AccountService.Authenticate."""
     stub = account_pb2_grpc.AccountServiceStub(channel)
-    metadata = (("authorization", f"Bearer {service_token}"),)
 
     async def lookup(key: str) -> Principal | None:
         try:
             principal = await stub.Authenticate(
-                account_pb2.AuthenticateRequest(api_key=key), metadata=metadata, timeout=5
+                account_pb2.AuthenticateRequest(api_key=key), timeout=5
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
@@ -51,101 +107,98 @@ def remote_key_lookup(channel: grpc.aio.Channel, service_token: str) -> KeyLooku
     return lookup
 
 
-class MeshService(Protocol):
-    """What the mesh runs: a service with its own data, registering its servicers."""
-
-    async def start(self) -> None: ...
-    def register(self, server: GrpcServer) -> None: ...
-    async def stop(self) -> None: ...
-
-
 class Mesh:
-    def __init__(self, settings: Settings, services: tuple[str, ...] = SERVICES):
-        unknown = set(services) - set(SERVICES)
-        if unknown:
-            raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
+    def __init__(self, settings: Settings, plugins: Sequence[ServicePlugin]):
         self.settings = settings
-        self.services = services
+        self.plugins = list(plugins)
         self.port = 0
+        self.nats_url = ""
         self._nats: EmbeddedNats | None = None
-        self._standin: ModelServer | None = None
-        self.components: list[MeshService] = []
-        self._channels: list[grpc.aio.Channel] = []
+        self._events: EventBus | None = None
+        self._server: GrpcServer | None = None
+        self.services: dict[str, MeshService] = {}
+        self._databases: list[AsyncEngine] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._key_lookup: Callable[[str], Awaitable[Principal | None]] | None = None
 
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def events(self) -> EventBus:
+        assert self._events is not None, "the mesh is not started"
+        return self._events
+
     async def start(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.nats_url = settings.nats_url
         if not self.nats_url:
             self._nats = EmbeddedNats(settings.data_dir / "nats")
             await self._nats.start()
             self.nats_url = self._nats.url
-        self.events = await EventBus.connect(self.nats_url, name="agentmesh")
-        service_token = settings.resolved_service_token()
-
-        wanted: list[MeshService] = []
-        if "registry" in self.services:
-            wanted.append(Registry(settings, self.events))
-        if "providers" in self.services:
-            wanted.append(Providers(settings, self.events, await self._standin_url()))
-        for component in wanted:
-            await component.start()
-            self.components.append(component)  # only what started is stopped
+        self._events = await EventBus.connect(self.nats_url, name="agentmesh")
+        self._service_token = settings.resolved_service_token()
 
         self.authenticator = Authenticator(
-            service_token, self._lookup_key, settings.auth_cache_seconds
+            self._service_token, self._lookup_key, settings.auth_cache_seconds
         )
-        self.server = GrpcServer(self.authenticator)
-        for component in self.components:
-            component.register(self.server)
-        self.port = self.server.bind(f"{settings.host}:{settings.port}")
-        # Keys are checked by asking the registry over gRPC, also when it shares
-        # this process: one path, whatever the deployment. No call can arrive
-        # before the server starts, so the channel is made once the port is known.
-        own_address = self.address.replace("0.0.0.0:", "127.0.0.1:")  # noqa: S104
-        registry = self.channel(settings.registry_target or own_address)
-        self._key_lookup = remote_key_lookup(registry, service_token)
-        await self.server.start()
+        await self.events.subscribe(events_pb2.ApiKeyRevoked, self._forget_key)
+        self._server = GrpcServer(self.authenticator)
+        # The port first: services may make peer channels to this very process.
+        self.port = self._server.bind(f"{settings.host}:{settings.port}")
+        for plugin in self.plugins:
+            database = None
+            if plugin.migrations is not None:
+                url = settings.database_url_for(plugin.name)
+                database = await open_database(url, plugin.migrations)
+                self._databases.append(database)
+            context = MeshContext(
+                plugin.name, settings, self.events, self.authenticator, database, self.peer
+            )
+            service = await plugin.create(context)
+            self.services[plugin.name] = service  # only what started is stopped
+            for servicer in service.servicers:
+                self._server.add(servicer)
+        await self._server.start()
         log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
 
     async def _lookup_key(self, key: str) -> Principal | None:
+        # Keys are checked by asking the registry over gRPC, also when it shares
+        # this process: one path, whatever the deployment. The channel is made on
+        # first use, when this process's own port is known.
+        if self._key_lookup is None:
+            self._key_lookup = remote_key_lookup(self.peer("registry"))
         return await self._key_lookup(key)
 
-    async def _standin_url(self) -> str:
-        """Starts the stand-in model server when there is no real default provider."""
-        if self.settings.openai_api_key or not self.settings.standin_model:
-            return ""
-        self._standin = ModelServer()
-        await self._standin.start()
-        log.warning(
-            "no OPENAI_API_KEY: the system default provider is the stand-in model server at %s "
-            "(it answers by fixed rules; it is not a model)",
-            self._standin.base_url,
-        )
-        return self._standin.base_url
+    async def _forget_key(self, event: events_pb2.ApiKeyRevoked) -> None:
+        self.authenticator.forget(event.user)
 
-    def channel(self, target: str) -> grpc.aio.Channel:
-        """A channel kept open for the mesh's lifetime (service-to-service calls)."""
-        channel = grpc.aio.insecure_channel(target)
-        self._channels.append(channel)
-        return channel
+    def peer(self, service: str) -> grpc.aio.Channel:
+        """A channel kept open for the mesh's lifetime to a service: where
+        settings.peers says it runs, else this process."""
+        if service not in self._channels:
+            own = self.address.replace("0.0.0.0:", "127.0.0.1:")  # noqa: S104
+            target = self.settings.peers.get(service) or own
+            self._channels[service] = grpc.aio.insecure_channel(
+                target,
+                interceptors=metadata_interceptors(_service_credentials(self._service_token)),
+            )
+        return self._channels[service]
 
     async def stop(self) -> None:
         """Stops what was started, in reverse; also after a start that failed half-way."""
-        if hasattr(self, "server"):
-            await self.server.stop()
-        for channel in self._channels:
+        if self._server is not None:
+            await self._server.stop()
+        for channel in self._channels.values():
             await channel.close()
-        for component in reversed(self.components):
-            await component.stop()
-        if self._standin:
-            await self._standin.stop()
-        if hasattr(self, "events"):
-            await self.events.close()
+        for service in reversed(self.services.values()):
+            await service.stop()
+        for database in self._databases:
+            await database.dispose()
+        if self._events is not None:
+            await self._events.close()
         if self._nats:
             await self._nats.stop()
 

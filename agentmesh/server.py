@@ -1,32 +1,40 @@
 """One async gRPC server bootstrap for every service.
 
-Every RPC passes one interceptor that, in order: authenticates the caller,
-refuses service-only methods to everyone else, validates each request message
-against its buf.validate rules, runs the method, maps errors to
-google.rpc.Status, and logs one line.
+Every RPC passes one interceptor, which runs the same steps for each call:
+authenticate the caller, admit it by the method's `audience` (read from the
+contract's method options), validate each request message against its
+buf.validate rules, run the method, map errors to google.rpc.Status, and log
+one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
 import signal
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
-import protovalidate
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from agentmesh.api import validate
 from agentmesh.auth import Authenticator, Principal, caller_for_logs, set_principal
-from agentmesh.errors import InvalidArgument, PermissionDenied, ServiceError, internal_status
+from agentmesh.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ServiceError,
+    Unimplemented,
+    internal_status,
+)
+from agentmesh.gen.common.v1 import options_pb2
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -34,111 +42,90 @@ log = logging.getLogger("agentmesh.rpc")
 _PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def field_path(violation) -> str:
-    parts = []
-    for element in violation.proto.field.elements:
-        subscript = element.subscript
-        if subscript is None:
-            parts.append(element.field_name)
-        elif subscript.field == "string_key":
-            parts.append(f'{element.field_name}["{subscript.value}"]')
-        else:
-            parts.append(f"{element.field_name}[{subscript.value}]")
-    return ".".join(parts)
+class _Undecodable:
+    """Stands for a request message that failed to decode (corrupt, too deep,
+    bad UTF-8): the call answers INVALID_ARGUMENT instead of grpc's UNKNOWN."""
 
 
-def validate(message, prefix: str = "") -> None:
-    """Raises InvalidArgument naming every field that breaks its buf.validate rules."""
-    violations = protovalidate.collect_violations(message)
-    if violations:
-        raise InvalidArgument(
-            (prefix + field_path(violation), violation.proto.message) for violation in violations
-        )
+_UNDECODABLE = _Undecodable()
 
 
-def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
 
 
-def check_update(field: str, name: str, collection: str, update_mask, updatable: set[str]) -> None:
-    """Checks what buf.validate cannot for an Update request: the resource it is
-    exempt from names a resource of `collection`, and every mask path may change.
-
-    Update requests exempt the resource from buf.validate (fields outside the
-    mask are not sent, so they are validated after the merge instead).
-    """
-    violations = []
-    if not name:
-        violations.append((f"{field}.name", f"name the {field} to update"))
-    elif not re.fullmatch(rf"{collection}/[A-Za-z0-9_-]{{1,64}}", name):
-        violations.append((f"{field}.name", f"must look like {collection}/{{id}}"))
-    violations.extend(
-        ("update_mask", f"{path!r} is not an updatable field")
-        for path in update_mask.paths
-        if path not in updatable
-    )
-    if violations:
-        raise InvalidArgument(violations)
+def _decoded(request: Any) -> Any:
+    if request is _UNDECODABLE:
+        raise InvalidArgument([("", "the request is not a valid message of this method")])
+    return request
 
 
-@dataclass
-class MethodPolicy:
-    """Full method names (/package.Service/Method) callable only with service credentials."""
-
-    service_only: set[str] = field(default_factory=set)
+def audience_of(service: ServiceDescriptor) -> dict[str, int]:
+    """Full method name (/package.Service/Method) -> its audience option."""
+    return {
+        f"/{service.full_name}/{method.name}": method.GetOptions().Extensions[options_pb2.audience]
+        for method in service.methods
+    }
 
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, policy: MethodPolicy):
+    def __init__(self, authenticator: Authenticator):
         self._authenticator = authenticator
-        self._policy = policy
+        self.audience: dict[str, int] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
-        service_only = method in self._policy.service_only
+        audience = self.audience.get(method, options_pb2.AUDIENCE_UNSPECIFIED)
+        deserialize = _tolerant(handler.request_deserializer)
+        serialize = handler.response_serializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, service_only, handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_unary_stream(method, service_only, handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._unary(method, audience, handler.unary_unary), deserialize, serialize
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_stream_unary(method, service_only, handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._unary(method, audience, handler.stream_unary, streamed=True),
+                deserialize,
+                serialize,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, audience, handler.unary_stream), deserialize, serialize
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream_stream(method, service_only, handler.stream_stream),
-            handler.request_deserializer,
-            handler.response_serializer,
+            self._streaming(method, audience, handler.stream_stream, streamed=True),
+            deserialize,
+            serialize,
         )
 
-    async def _admit(self, context, service_only: bool) -> Principal:
+    async def _admit(self, context, audience: int, request: Any, streamed: bool) -> Any:
+        """Authenticates and authorizes the caller; returns the validated request."""
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        principal = await self._authenticator.authenticate(metadata)
-        if service_only and not principal.service:
+        principal: Principal = await self._authenticator.authenticate(metadata)
+        if audience == options_pb2.AUDIENCE_SERVICE and not principal.service:
             raise PermissionDenied("this method accepts service credentials only")
+        if audience == options_pb2.AUDIENCE_ADMIN and not principal.admin:
+            raise PermissionDenied("this method is for administrators")
         set_principal(principal)
-        return principal
+        if streamed:
+            return _validated(request)
+        validate(_decoded(request))
+        return request
 
-    def _wrap_unary(self, method, service_only, behavior):
+    def _unary(self, method: str, audience: int, behavior, streamed: bool = False):
         async def wrapped(request, context):
             started = time.perf_counter()
             try:
-                await self._admit(context, service_only)
-                validate(request)
+                request = await self._admit(context, audience, request, streamed)
                 response = await behavior(request, context)
             except BaseException as error:
                 await _abort(context, method, started, error)
@@ -147,39 +134,12 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_unary_stream(self, method, service_only, behavior):
+    def _streaming(self, method: str, audience: int, behavior, streamed: bool = False):
         async def wrapped(request, context):
             started = time.perf_counter()
             try:
-                await self._admit(context, service_only)
-                validate(request)
+                request = await self._admit(context, audience, request, streamed)
                 async for response in behavior(request, context):
-                    yield response
-            except BaseException as error:
-                await _abort(context, method, started, error)
-            _log_ok(method, started)
-
-        return wrapped
-
-    def _wrap_stream_unary(self, method, service_only, behavior):
-        async def wrapped(request_iterator, context):
-            started = time.perf_counter()
-            try:
-                await self._admit(context, service_only)
-                response = await behavior(_validated(request_iterator), context)
-            except BaseException as error:
-                await _abort(context, method, started, error)
-            _log_ok(method, started)
-            return response
-
-        return wrapped
-
-    def _wrap_stream_stream(self, method, service_only, behavior):
-        async def wrapped(request_iterator, context):
-            started = time.perf_counter()
-            try:
-                await self._admit(context, service_only)
-                async for response in behavior(_validated(request_iterator), context):
                     yield response
             except BaseException as error:
                 await _abort(context, method, started, error)
@@ -190,7 +150,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
 async def _validated(requests: AsyncIterator) -> AsyncIterator:
     async for request in requests:
-        validate(request)
+        validate(_decoded(request))
         yield request
 
 
@@ -202,6 +162,9 @@ def _log_ok(method: str, started: float) -> None:
 
 async def _abort(context, method: str, started: float, error: BaseException):
     elapsed = (time.perf_counter() - started) * 1000
+    if isinstance(error, NotImplementedError):
+        # A generated servicer's default: the contract has the method, this build not yet.
+        error = Unimplemented(f"{method} is not implemented in this version of agentmesh")
     if isinstance(error, ServiceError):
         log.info("%s %s %.1fms caller=%s", method, error.code.name, elapsed, caller_for_logs())
         status = error.to_status()
@@ -221,19 +184,27 @@ async def _abort(context, method: str, started: float, error: BaseException):
     await context.abort_with_status(rpc_status.to_status(status))
 
 
-@dataclass
+def _generated_service(servicer: object) -> tuple[ServiceDescriptor, Callable]:
+    """The contract's service a servicer implements, and the function that registers
+    it: both found from the generated base class it inherits."""
+    for base in type(servicer).__mro__:
+        module = sys.modules.get(base.__module__)
+        if base.__module__.endswith("_pb2_grpc") and base.__name__.endswith("Servicer"):
+            service_name = base.__name__.removesuffix("Servicer")
+            messages = sys.modules[base.__module__.removesuffix("_grpc")]
+            register = getattr(module, f"add_{base.__name__}_to_server")
+            return messages.DESCRIPTOR.services_by_name[service_name], register
+    raise TypeError(f"{type(servicer).__name__} does not implement a generated servicer")
+
+
 class GrpcServer:
     """A grpc.aio server with health, reflection and the mesh interceptor."""
 
-    authenticator: Authenticator
-    policy: MethodPolicy = field(default_factory=MethodPolicy)
-    server: grpc.aio.Server = field(init=False)
-    health: health.aio.HealthServicer = field(init=False)
-    service_names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, authenticator: Authenticator):
+        self.authenticator = authenticator
+        self._interceptor = MeshInterceptor(authenticator)
         self.server = grpc.aio.server(
-            interceptors=[MeshInterceptor(self.authenticator, self.policy)],
+            interceptors=[self._interceptor],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -241,12 +212,14 @@ class GrpcServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
 
-    def add(self, service_name: str, register, servicer, service_only: Iterable[str] = ()) -> None:
-        """Adds a servicer; service_only lists its method names for services alone."""
+    def add(self, servicer: object) -> None:
+        """Serves a servicer; who may call each method comes from the contract."""
+        service, register = _generated_service(servicer)
         register(servicer, self.server)
-        self.service_names.append(service_name)
-        self.policy.service_only.update(f"/{service_name}/{name}" for name in service_only)
+        self.service_names.append(service.full_name)
+        self._interceptor.audience.update(audience_of(service))
 
     def bind(self, address: str) -> int:
         try:
@@ -268,13 +241,16 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def wait_for_termination_signal() -> None:
+@contextlib.asynccontextmanager
+async def termination_signal() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGTERM or SIGINT, with the handlers in place from the start:
+    a signal that arrives as soon as the caller says it is ready is not lost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -6,15 +6,29 @@ import json
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from agentmesh.errors import DOMAIN
+from agentmesh.gen.common.v1 import options_pb2
+from agentmesh.gen.registry.v1 import account_pb2
 
+
+def methods_for(service: ServiceDescriptor, audience: int) -> frozenset[str]:
+    """The names of a service's methods whose contract gives them this audience."""
+    return frozenset(
+        method.name
+        for method in service.methods
+        if method.GetOptions().Extensions[options_pb2.audience] == audience
+    )
+
+
+_ACCOUNTS = account_pb2.DESCRIPTOR.services_by_name["AccountService"]
 # AccountService methods that accept service credentials alone (test_auth.py).
-SERVICE_ONLY = frozenset({"Authenticate", "ReserveCredits", "SettleCredits", "ReleaseCredits"})
+SERVICE_ONLY = methods_for(_ACCOUNTS, options_pb2.AUDIENCE_SERVICE)
 # AccountService methods only administrators may call (test_auth.py).
-ADMIN_ONLY = frozenset({"CreateUser", "GrantCredits"})
+ADMIN_ONLY = methods_for(_ACCOUNTS, options_pb2.AUDIENCE_ADMIN)
 
 _DETAIL_TYPES = {
     message.DESCRIPTOR.full_name: message
@@ -41,6 +55,12 @@ def rich_status(error: grpc.aio.AioRpcError) -> tuple[status_pb2.Status, list]:
         assert packed.Unpack(detail)
         details.append(detail)
     return status, details
+
+
+def details_of(error: grpc.aio.AioRpcError, detail_type: type) -> list:
+    """The error's details of one google.rpc type (QuotaFailure, BadRequest, ...)."""
+    _, details = rich_status(error)
+    return [detail for detail in details if isinstance(detail, detail_type)]
 
 
 def error_info(error: grpc.aio.AioRpcError, reason: str | None = None):

@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from conftest import admin_key, service_token
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from rpc_helpers import ADMIN_ONLY, SERVICE_ONLY, error_info, error_text, field_violations
+from support import admin_key, service_token
 
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import account_pb2_grpc, registry_pb2_grpc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from agentmesh.config import Settings
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.mesh import Mesh
+from services import PLUGINS
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "agents.json"
 
@@ -116,7 +118,7 @@ async def test_serve_runs_services_apart_and_they_talk_over_grpc(tmp_path):
             command=("serve", "providers"),
             env={
                 **shared,
-                "AGENTMESH_REGISTRY_TARGET": registry_address,
+                "AGENTMESH_PEERS": json.dumps({"registry": registry_address}),
                 "AGENTMESH_OUTBOUND_ALLOW": '["127.0.0.1"]',
             },
         )
@@ -158,7 +160,7 @@ async def test_a_start_that_fails_half_way_leaves_nothing_running(tmp_path):
         database_url="postgresql+psycopg://nobody@127.0.0.1:1/{service}",
         standin_model=False,
     )
-    mesh = Mesh(settings)
+    mesh = Mesh(settings, PLUGINS)
     with pytest.raises(Exception, match="127.0.0.1"):
         async with mesh:
             pass

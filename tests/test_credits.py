@@ -13,15 +13,16 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from conftest import admin_key, database_url, service_token
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from rpc_helpers import details_of, error_info
+from support import admin_key, database_url, expect_rpc_error, service_token
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.mesh import Mesh
+from services import PLUGINS
 
 
 @pytest.fixture
@@ -67,30 +68,6 @@ async def release(service: Client, reservation: a.Reservation) -> a.CreditBalanc
     )
 
 
-def unpacked(error: grpc.aio.AioRpcError, message_type):
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error carries no google.rpc.Status details"
-    found = []
-    for packed in status.details:
-        if packed.Is(message_type.DESCRIPTOR):
-            detail = message_type()
-            packed.Unpack(detail)
-            found.append(detail)
-    return found
-
-
-def reason(error: grpc.aio.AioRpcError) -> str:
-    (info,) = unpacked(error, error_details_pb2.ErrorInfo)
-    return info.reason
-
-
-async def fails(call, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value
-    return caught.value
-
-
 async def test_200_concurrent_reservations_against_50_credits(new_user, service):
     client, user = await new_user(credits=50)
     snapshots: list[a.CreditBalance] = []
@@ -117,9 +94,9 @@ async def test_200_concurrent_reservations_against_50_credits(new_user, service)
     for error in lost:
         assert isinstance(error, grpc.aio.AioRpcError), error
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        (quota,) = unpacked(error, error_details_pb2.QuotaFailure)
+        (quota,) = details_of(error, error_details_pb2.QuotaFailure)
         assert [v.subject for v in quota.violations] == [f"{user.name}/creditBalance"]
-        assert reason(error) == "INSUFFICIENT_CREDITS"
+        error_info(error, "INSUFFICIENT_CREDITS")
 
     assert snapshots, "the balance was never read while reserving"
     for snapshot in snapshots:
@@ -128,8 +105,8 @@ async def test_200_concurrent_reservations_against_50_credits(new_user, service)
     assert amounts(await balance(client, user)) == (50, 50, 0)
 
     # Nothing left: one more fails the same way and changes nothing.
-    error = await fails(reserve(service, user, 1), grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert unpacked(error, error_details_pb2.QuotaFailure)
+    error = await expect_rpc_error(reserve(service, user, 1), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert details_of(error, error_details_pb2.QuotaFailure)
     assert amounts(await balance(client, user)) == (50, 50, 0)
 
     # Settling every reservation concurrently charges exactly what was held.
@@ -140,8 +117,8 @@ async def test_200_concurrent_reservations_against_50_credits(new_user, service)
 async def test_reservation_larger_than_available(new_user, service):
     client, user = await new_user(credits=10)
     await reserve(service, user, 6)
-    error = await fails(reserve(service, user, 5), grpc.StatusCode.RESOURCE_EXHAUSTED)
-    (quota,) = unpacked(error, error_details_pb2.QuotaFailure)
+    error = await expect_rpc_error(reserve(service, user, 5), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    (quota,) = details_of(error, error_details_pb2.QuotaFailure)
     assert quota.violations[0].subject == f"{user.name}/creditBalance"
     assert amounts(await balance(client, user)) == (10, 6, 4)
     await reserve(service, user, 4)
@@ -186,21 +163,21 @@ async def test_a_closed_reservation_cannot_be_closed_again(new_user, service, fi
         "release": lambda: release(service, reservation),
     }
     after_first = amounts(await close[first]())
-    error = await fails(close[second](), grpc.StatusCode.FAILED_PRECONDITION)
-    assert reason(error) == "RESERVATION_CLOSED"
+    error = await expect_rpc_error(close[second](), grpc.StatusCode.FAILED_PRECONDITION)
+    error_info(error, "RESERVATION_CLOSED")
     assert amounts(await balance(client, user)) == after_first
 
 
 async def test_unknown_reservation_is_not_found(new_user, service):
     await new_user(credits=5)
     missing = a.Reservation(name="reservations/doesnotexist")
-    await fails(settle(service, missing, 1), grpc.StatusCode.NOT_FOUND)
-    await fails(release(service, missing), grpc.StatusCode.NOT_FOUND)
+    await expect_rpc_error(settle(service, missing, 1), grpc.StatusCode.NOT_FOUND)
+    await expect_rpc_error(release(service, missing), grpc.StatusCode.NOT_FOUND)
 
 
 async def test_reservations_need_service_credentials(new_user):
     client, user = await new_user(credits=5)
-    await fails(
+    await expect_rpc_error(
         client.accounts.ReserveCredits(a.ReserveCreditsRequest(user=user.name, amount=1)),
         grpc.StatusCode.PERMISSION_DENIED,
     )
@@ -223,16 +200,16 @@ async def test_negative_grant_cannot_take_reserved_credits(new_user, service, me
             a.GrantCreditsRequest(user=user.name, amount=amount, reason="correction")
         )
 
-    error = await fails(grant(-5), grpc.StatusCode.FAILED_PRECONDITION)
-    assert reason(error) == "INSUFFICIENT_CREDITS"
+    error = await expect_rpc_error(grant(-5), grpc.StatusCode.FAILED_PRECONDITION)
+    error_info(error, "INSUFFICIENT_CREDITS")
     assert amounts(await balance(client, user)) == (10, 8, 2)
     assert amounts(await grant(-2)) == (8, 8, 0)
-    await fails(grant(-1), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_rpc_error(grant(-1), grpc.StatusCode.FAILED_PRECONDITION)
     assert amounts(await balance(client, user)) == (8, 8, 0)
 
     await release(service, reservation)
     assert amounts(await grant(-8)) == (0, 0, 0)
-    await fails(grant(-1), grpc.StatusCode.FAILED_PRECONDITION)  # never below zero
+    await expect_rpc_error(grant(-1), grpc.StatusCode.FAILED_PRECONDITION)  # never below zero
     assert amounts(await balance(client, user)) == (0, 0, 0)
 
 
@@ -277,7 +254,7 @@ async def sweeping_mesh(backend, request, tmp_path_factory) -> AsyncIterator[Mes
         database_url=database_url(backend, pg, data_dir),
         reservation_sweep_seconds=0.1,
     )
-    async with Mesh(settings) as running:
+    async with Mesh(settings, PLUGINS) as running:
         yield running
 
 
@@ -308,8 +285,10 @@ async def test_expired_reservation_is_released_by_the_sweeper(sweeping_mesh):
         assert time.monotonic() - started >= 0.9
 
         # Released means closed: it can no longer be settled; the other one still can.
-        error = await fails(settle(service, short, 4), grpc.StatusCode.FAILED_PRECONDITION)
-        assert reason(error) == "RESERVATION_CLOSED"
+        error = await expect_rpc_error(
+            settle(service, short, 4), grpc.StatusCode.FAILED_PRECONDITION
+        )
+        error_info(error, "RESERVATION_CLOSED")
         assert amounts(await settle(service, long, 3)) == (7, 0, 7)
         # And the released credits can be reserved again.
         await reserve(service, user, 7)

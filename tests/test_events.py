@@ -8,23 +8,29 @@ import nats
 import pytest
 from google.protobuf import field_mask_pb2
 
-from agentmesh.events import AGENTS_CHANGED, PROVIDERS_CHANGED
-from agentmesh.gen.events.v1 import events_pb2 as e
+from agentmesh.events import event_spec
+from agentmesh.gen.common.v1 import common_pb2 as c
+from agentmesh.gen.providers.v1 import events_pb2 as provider_events
 from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.gen.registry.v1 import account_pb2 as a
+from agentmesh.gen.registry.v1 import events_pb2 as registry_events
 from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.registry.v1 import workflows_pb2 as w
+from agentmesh.gen.registry.v1 import workflows_pb2_grpc
 
 
 @pytest.fixture
 async def subscribe(sqlite_mesh):
     client = await nats.connect(sqlite_mesh.nats_url)
 
-    async def collect(subject: str, event_type):
+    async def collect(event_type):
         queue: asyncio.Queue = asyncio.Queue()
 
         async def on_message(msg):
             await queue.put(event_type.FromString(msg.data))
 
-        await client.subscribe(subject, cb=on_message)
+        # The subject the contract gives the event, read from its options.
+        await client.subscribe(event_spec(event_type).subject, cb=on_message)
         await client.flush()
         return queue
 
@@ -37,14 +43,14 @@ async def _next(queue: asyncio.Queue):
 
 
 async def test_agent_changes_are_published(new_sqlite_user, subscribe):
-    events = await subscribe(AGENTS_CHANGED, e.AgentChanged)
+    events = await subscribe(registry_events.AgentChanged)
     client, user = await new_sqlite_user()
     created = await client.registry.CreateAgent(
         r.CreateAgentRequest(agent=r.Agent(display_name="a"))
     )
     event = await _next(events)
-    assert (event.agent, event.user, event.kind) == (created.name, user.name, e.CHANGE_KIND_CREATED)
-    assert event.etag == created.etag
+    assert (event.agent, event.user, event.kind) == (created.name, user.name, c.CHANGE_KIND_CREATED)
+    assert (event.etag, event.revision_id) == (created.etag, created.revision_id)
 
     updated = await client.registry.UpdateAgent(
         r.UpdateAgentRequest(
@@ -53,15 +59,79 @@ async def test_agent_changes_are_published(new_sqlite_user, subscribe):
         )
     )
     event = await _next(events)
-    assert (event.kind, event.etag) == (e.CHANGE_KIND_UPDATED, updated.etag)
+    assert (event.kind, event.etag) == (c.CHANGE_KIND_UPDATED, updated.etag)
+    assert event.revision_id == updated.revision_id
+
+    target = await client.registry.CreateAgent(
+        r.CreateAgentRequest(agent=r.Agent(display_name="target"))
+    )
+    await _next(events)
+    # One at a time: a gRPC call starts as soon as it is made.
+    for change in (
+        lambda: client.registry.AddHandoff(
+            r.AddHandoffRequest(agent=created.name, target=target.name)
+        ),
+        lambda: client.registry.RemoveHandoff(
+            r.RemoveHandoffRequest(agent=created.name, target=target.name)
+        ),
+    ):
+        changed = await change()
+        event = await _next(events)
+        assert (event.agent, event.user, event.kind) == (
+            created.name,
+            user.name,
+            c.CHANGE_KIND_UPDATED,
+        )
+        assert (event.etag, event.revision_id) == (changed.etag, changed.revision_id)
 
     await client.registry.DeleteAgent(r.DeleteAgentRequest(name=created.name))
     event = await _next(events)
-    assert (event.agent, event.kind) == (created.name, e.CHANGE_KIND_DELETED)
+    assert (event.agent, event.user, event.kind) == (created.name, user.name, c.CHANGE_KIND_DELETED)
+    assert not event.revision_id
+
+
+async def test_workflow_changes_are_published(new_sqlite_user, subscribe):
+    events = await subscribe(registry_events.WorkflowChanged)
+    client, user = await new_sqlite_user()
+    agent = await client.registry.CreateAgent(r.CreateAgentRequest(agent=r.Agent(display_name="a")))
+    stub = workflows_pb2_grpc.WorkflowServiceStub(client.channel)
+    step = w.WorkflowStep(id="only", agent=w.AgentStep(agent=agent.name))
+    created = await stub.CreateWorkflow(
+        w.CreateWorkflowRequest(workflow=w.Workflow(display_name="one", steps=[step]))
+    )
+    event = await _next(events)
+    assert (event.workflow, event.user, event.kind, event.etag) == (
+        created.name,
+        user.name,
+        c.CHANGE_KIND_CREATED,
+        created.etag,
+    )
+    updated = await stub.UpdateWorkflow(
+        w.UpdateWorkflowRequest(
+            workflow=w.Workflow(name=created.name, description="x"),
+            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+        )
+    )
+    event = await _next(events)
+    assert (event.kind, event.etag) == (c.CHANGE_KIND_UPDATED, updated.etag)
+    await stub.DeleteWorkflow(w.DeleteWorkflowRequest(name=created.name))
+    event = await _next(events)
+    assert (event.workflow, event.kind) == (created.name, c.CHANGE_KIND_DELETED)
+
+
+async def test_deleted_api_keys_are_published(new_sqlite_user, subscribe):
+    events = await subscribe(registry_events.ApiKeyRevoked)
+    client, user = await new_sqlite_user()
+    key = await client.accounts.CreateApiKey(
+        a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(display_name="spare"))
+    )
+    await client.accounts.DeleteApiKey(a.DeleteApiKeyRequest(name=key.name))
+    event = await _next(events)
+    assert (event.api_key, event.user) == (key.name, user.name)
 
 
 async def test_provider_changes_are_published(new_sqlite_user, subscribe, sqlite_mesh):
-    events = await subscribe(PROVIDERS_CHANGED, e.ProviderChanged)
+    events = await subscribe(provider_events.ProviderChanged)
     client, user = await new_sqlite_user()
     created = await client.providers.CreateProvider(
         p.CreateProviderRequest(
@@ -77,7 +147,7 @@ async def test_provider_changes_are_published(new_sqlite_user, subscribe, sqlite
     assert (event.provider, event.user, event.kind) == (
         created.name,
         user.name,
-        e.CHANGE_KIND_CREATED,
+        c.CHANGE_KIND_CREATED,
     )
     await client.providers.UpdateProvider(
         p.UpdateProviderRequest(
@@ -85,6 +155,6 @@ async def test_provider_changes_are_published(new_sqlite_user, subscribe, sqlite
             update_mask=field_mask_pb2.FieldMask(paths=["api_key"]),
         )
     )
-    assert (await _next(events)).kind == e.CHANGE_KIND_UPDATED
+    assert (await _next(events)).kind == c.CHANGE_KIND_UPDATED
     await client.providers.DeleteProvider(p.DeleteProviderRequest(name=created.name))
-    assert (await _next(events)).kind == e.CHANGE_KIND_DELETED
+    assert (await _next(events)).kind == c.CHANGE_KIND_DELETED

@@ -18,21 +18,18 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from agentmesh.db import downgrade, migrate
-from services.providers import service as providers_service
-from services.providers import store as providers_store
-from services.registry.service import MIGRATIONS
-from services.registry.store import Base
+from agentmesh.mesh import ServicePlugin
+from services import PLUGINS, plugins_named
 
-# Each service's migrations and the models they must match.
-SERVICES = {
-    "registry": (MIGRATIONS, Base.metadata),
-    "providers": (providers_service.MIGRATIONS, providers_store.Base.metadata),
-}
+# Every service that keeps data: its migrations must match its models.
+WITH_DATA = [plugin for plugin in PLUGINS if plugin.migrations is not None]
+(_REGISTRY,) = plugins_named("registry")
+MIGRATIONS = _REGISTRY.migrations
 
 
-@pytest.fixture(params=sorted(SERVICES))
-def service(request):
-    return SERVICES[request.param]
+@pytest.fixture(params=WITH_DATA, ids=lambda plugin: plugin.name)
+def service(request) -> ServicePlugin:
+    return request.param
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -58,9 +55,14 @@ def tables(engine: sa.Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
 
-def current_revision(engine: sa.Engine) -> str | None:
+def version_table(migrations) -> str:
+    return f"alembic_version_{migrations.parent.name}"
+
+
+def current_revision(engine: sa.Engine, migrations=MIGRATIONS) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        options = {"version_table": version_table(migrations)}
+        return MigrationContext.configure(conn, opts=options).get_current_revision()
 
 
 def head(migrations) -> str:
@@ -72,25 +74,35 @@ def head(migrations) -> str:
 
 
 def test_upgrade_downgrade_upgrade(service, url, engine):
-    migrations, metadata = service
+    migrations, metadata = service.migrations, service.metadata
     model_tables = set(metadata.tables)
+    versions = version_table(migrations)
     assert tables(engine) == set()
 
     migrate(migrations, url)
     assert model_tables  # the models define tables at all
-    assert tables(engine) == model_tables | {"alembic_version"}
-    assert current_revision(engine) == head(migrations)
+    assert tables(engine) == model_tables | {versions}
+    assert current_revision(engine, migrations) == head(migrations)
 
     migrate(migrations, url)  # already at head: nothing to do
-    assert tables(engine) == model_tables | {"alembic_version"}
+    assert tables(engine) == model_tables | {versions}
 
     downgrade(migrations, url, "base")
-    assert tables(engine) <= {"alembic_version"}
-    assert current_revision(engine) is None
+    assert tables(engine) <= {versions}
+    assert current_revision(engine, migrations) is None
 
     migrate(migrations, url)
-    assert tables(engine) == model_tables | {"alembic_version"}
-    assert current_revision(engine) == head(migrations)
+    assert tables(engine) == model_tables | {versions}
+    assert current_revision(engine, migrations) == head(migrations)
+
+
+def test_services_sharing_one_database_each_get_their_tables(url, engine):
+    """Each service keeps its own version table, so one migration never hides another's."""
+    for plugin in WITH_DATA:
+        migrate(plugin.migrations, url)
+    for plugin in WITH_DATA:
+        assert set(plugin.metadata.tables) <= tables(engine), plugin.name
+        assert current_revision(engine, plugin.migrations) == head(plugin.migrations)
 
 
 def test_upgrade_after_downgrade_starts_empty(url, engine):
@@ -109,13 +121,16 @@ def test_upgrade_after_downgrade_starts_empty(url, engine):
 
 
 def test_migrated_schema_matches_the_models(service, url, engine):
-    migrations, metadata = service
+    migrations, metadata = service.migrations, service.metadata
     migrate(migrations, url)
 
     # Alembic's autogenerate diff: tables, columns, types, nullability, indexes,
     # unique constraints and foreign keys. Empty means a new migration is not needed.
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        context = MigrationContext.configure(
+            conn, opts={"version_table": version_table(migrations)}
+        )
+        diff = compare_metadata(context, metadata)
     assert diff == []
 
     # The same, spelled out, so a failure says plainly what drifted.

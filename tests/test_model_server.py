@@ -21,7 +21,7 @@ from agents import (
 from openai.types.responses import ResponseTextDeltaEvent
 from pydantic import BaseModel
 
-from agentmesh.testing.model_server import DEFAULT_MODEL, ModelServer, Reply, ToolCall
+from agentmesh.model_server import DEFAULT_MODEL, ModelServer, Reply, ToolCall
 
 API_KEY = "sk-stand-in-test"
 

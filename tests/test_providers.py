@@ -11,19 +11,20 @@ import grpc
 import hvac
 import openai
 import pytest
-from conftest import admin_key, service_token
 from google.protobuf import field_mask_pb2
 from rpc_helpers import field_violations
+from support import admin_key, service_token
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2
 from agentmesh.mesh import Mesh
-from agentmesh.testing.model_server import ModelServer, Reply, ToolCall
+from agentmesh.model_server import ModelServer, Reply, ToolCall
 from agentmesh.testing.vault import DevVault
+from services import PLUGINS
+from services.providers.plugin import secret_store
 from services.providers.secrets import SecretNotFound
-from services.providers.service import secret_store
 
 KEY = "sk-test-" + "k3y" * 10 + "WXYZ"
 ROTATED = "sk-test-" + "r0t" * 10 + "ABCD"
@@ -54,7 +55,7 @@ async def providers_mesh(request, tmp_path_factory):
     store = request.param
     dev_vault = request.getfixturevalue("vault") if store == "vault" else None
     data_dir = tmp_path_factory.mktemp(f"providers-{store}")
-    async with Mesh(_settings(data_dir, store, dev_vault)) as mesh:
+    async with Mesh(_settings(data_dir, store, dev_vault), PLUGINS) as mesh:
         yield mesh
 
 
@@ -115,7 +116,7 @@ async def test_key_goes_to_the_secret_store_and_nowhere_else(
     caplog.set_level(logging.DEBUG)
     make, service = tenant
     client, user = await make()
-    created = await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    created = await client.providers.CreateProvider(custom(model_server.base_url, is_default=True))
     assert created.api_key == "" and created.api_key_hint == "WXYZ"
     fetched = await client.providers.GetProvider(p.GetProviderRequest(name=created.name))
     listed = await client.providers.ListProviders(p.ListProvidersRequest())
@@ -246,7 +247,7 @@ async def test_test_provider_reports_success_and_distinct_failures(
 async def test_openai_client_through_a_custom_provider(providers_mesh, tenant, model_server):
     make, service = tenant
     client, user = await make()
-    await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    await client.providers.CreateProvider(custom(model_server.base_url, is_default=True))
     credentials = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
     model_server.reset()
     model_server.enqueue(
@@ -317,7 +318,7 @@ async def test_vault_down_or_sealed_fails_unavailable_and_writes_nothing(
     failure, tmp_path, model_server
 ):
     with DevVault() as broken:
-        async with Mesh(_settings(tmp_path, "vault", broken)) as mesh:
+        async with Mesh(_settings(tmp_path, "vault", broken), PLUGINS) as mesh:
             async with Client(mesh.address, admin_key(mesh)) as admin:
                 user = await admin.accounts.CreateUser(
                     account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
@@ -355,7 +356,7 @@ async def test_system_default_is_the_stand_in_when_offline(sqlite_mesh, new_sqli
 async def test_system_default_is_openai_api_key_when_set(tmp_path):
     env_key = "sk-env-" + "e" * 30
     settings = Settings(data_dir=tmp_path, port=0, openai_api_key=env_key)
-    async with Mesh(settings) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
+    async with Mesh(settings, PLUGINS) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
         user = await admin.accounts.CreateUser(
             account_pb2.CreateUserRequest(user=account_pb2.User(display_name="t"))
         )
@@ -370,17 +371,17 @@ async def test_system_default_is_openai_api_key_when_set(tmp_path):
 async def test_update_mask_default_and_stale_etag(providers_mesh, tenant, model_server):
     make, service = tenant
     client, user = await make()
-    first = await client.providers.CreateProvider(custom(model_server.base_url, default=True))
+    first = await client.providers.CreateProvider(custom(model_server.base_url, is_default=True))
     second = await client.providers.CreateProvider(
         custom(model_server.base_url, models=["a", "b"], default_model="a")
     )
-    mask = field_mask_pb2.FieldMask(paths=["display_name", "default", "default_model"])
+    mask = field_mask_pb2.FieldMask(paths=["display_name", "is_default", "default_model"])
     updated = await client.providers.UpdateProvider(
         p.UpdateProviderRequest(
             provider=p.Provider(
                 name=second.name,
                 display_name="renamed",
-                default=True,
+                is_default=True,
                 default_model="b",
                 base_url="http://ignored.example/v1",  # not in the mask
                 etag=second.etag,
@@ -388,10 +389,16 @@ async def test_update_mask_default_and_stale_etag(providers_mesh, tenant, model_
             update_mask=mask,
         )
     )
-    assert (updated.display_name, updated.default, updated.default_model) == ("renamed", True, "b")
+    assert (updated.display_name, updated.is_default, updated.default_model) == (
+        "renamed",
+        True,
+        "b",
+    )
     assert updated.base_url == model_server.base_url and updated.etag != second.etag
     # One default per user: the new one replaced the first.
-    assert not (await client.providers.GetProvider(p.GetProviderRequest(name=first.name))).default
+    assert not (
+        await client.providers.GetProvider(p.GetProviderRequest(name=first.name))
+    ).is_default
     resolved = await service.providers.ResolveCredentials(p.ResolveCredentialsRequest(user=user))
     assert resolved.provider == second.name and resolved.default_model == "b"
 
@@ -454,7 +461,7 @@ async def test_a_name_that_resolves_inside_is_refused_when_called(tmp_path):
 
 async def test_test_provider_refuses_a_name_that_resolves_inside(tmp_path):
     settings = Settings(data_dir=tmp_path, port=0, openai_api_key="", standin_model=False)
-    async with Mesh(settings) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
+    async with Mesh(settings, PLUGINS) as mesh, Client(mesh.address, admin_key(mesh)) as admin:
         created = await admin.providers.CreateProvider(
             custom(f"http://{socket.gethostname()}:9/v1")
         )

@@ -24,9 +24,11 @@ from google.protobuf.message import Message
 from rpc_helpers import ADMIN_ONLY, SERVICE_ONLY, error_info, error_text, field_violations
 
 from agentmesh.client import Client
+from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
-from services.registry import server as registry_server
+from agentmesh.gen.registry.v1 import workflows_pb2 as w
+from agentmesh.gen.registry.v1 import workflows_pb2_grpc
 
 OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -37,21 +39,24 @@ INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 class Ids:
     """The ids a case's request is built from.
 
-    The first five are A's resources (or, in `missing()`, ids nothing has); the
-    `own_*` ones are B's, for requests that mix B's resources with A's.
+    The ones in THEIRS are A's resources (or, in `missing()`, ids nothing has);
+    the `own_*` ones are B's, for requests that mix B's resources with A's.
     """
 
     user: str  # A
     agent: str  # A's agent; it hands off to `target` and has context `context`
-    target: str  # A's agent that `agent` hands off to
+    revision: str  # `agent`'s first revision
+    target: str  # A's agent that `agent` hands off to, and `workflow` runs
     context: str
     key: str  # A's spare API key (not the one A's client uses)
+    workflow: str  # A's workflow
     own_user: str  # B
     own_agent: str
     own_context: str
+    own_workflow: str  # B's workflow, running `own_agent`
     own_keys: tuple[str, ...]  # B's API key names
 
-    THEIRS = ("user", "agent", "target", "context", "key")
+    THEIRS = ("user", "agent", "revision", "target", "context", "key", "workflow")
 
     def missing(self) -> Ids:
         """The same ids with each of A's replaced by one of the same shape nothing has."""
@@ -65,6 +70,16 @@ def agent_name(agent_id: str) -> str:
     return f"agents/{agent_id}"
 
 
+def workflow_name(workflow_id: str) -> str:
+    return f"workflows/{workflow_id}"
+
+
+def running(agent_id: str, **fields) -> w.Workflow:
+    """A one-step workflow running the agent."""
+    step = w.WorkflowStep(id="only", agent=w.AgentStep(agent=agent_name(agent_id)))
+    return w.Workflow(display_name=fields.pop("display_name", "One step"), steps=[step], **fields)
+
+
 @dataclass(frozen=True)
 class Case:
     """B sends `request(ids)` to `method` and must get `code`.
@@ -74,7 +89,7 @@ class Case:
     """
 
     id: str
-    service: str  # "registry" | "accounts": the Client attribute
+    service: str  # "registry" | "workflows" | "accounts"
     method: str
     request: Callable[[Ids], Message]
     code: grpc.StatusCode = NOT_FOUND
@@ -206,11 +221,80 @@ CASES = [
         owner=None,
     ),
     Case(
+        "create-agent-using-theirs-as-a-tool",
+        "registry",
+        "CreateAgent",
+        lambda i: r.CreateAgentRequest(
+            agent=r.Agent(
+                display_name="Mine",
+                tools=[r.Tool(name="ask", agent=r.AgentTool(agent=agent_name(i.target)))],
+            )
+        ),
+        code=INVALID_ARGUMENT,
+        field="agent.tools[0].agent.agent",
+    ),
+    Case(
+        "create-agent-using-theirs-as-a-guardrail",
+        "registry",
+        "CreateAgent",
+        lambda i: r.CreateAgentRequest(
+            agent=r.Agent(
+                display_name="Mine",
+                input_guardrails=[
+                    g.Guardrail(name="judge", agent=g.AgentCheck(agent=agent_name(i.target)))
+                ],
+            )
+        ),
+        code=INVALID_ARGUMENT,
+        field="agent.input_guardrails[0].agent.agent",
+    ),
+    Case(
+        "get-agent-revision",
+        "registry",
+        "GetAgent",
+        lambda i: r.GetAgentRequest(name=f"{agent_name(i.agent)}@{i.revision}"),
+    ),
+    Case(
+        "get-their-revision-under-own-agent",
+        "registry",
+        "GetAgent",
+        lambda i: r.GetAgentRequest(name=f"{agent_name(i.own_agent)}@{i.revision}"),
+        owner=None,
+    ),
+    Case(
+        "list-agent-revisions",
+        "registry",
+        "ListAgentRevisions",
+        lambda i: r.ListAgentRevisionsRequest(name=agent_name(i.agent)),
+    ),
+    Case(
+        "rollback-agent",
+        "registry",
+        "RollbackAgent",
+        lambda i: r.RollbackAgentRequest(name=agent_name(i.agent), revision_id=i.revision),
+    ),
+    Case(
+        "rollback-agent-with-stale-etag",
+        "registry",
+        "RollbackAgent",
+        lambda i: r.RollbackAgentRequest(
+            name=agent_name(i.agent), revision_id=i.revision, etag="stale"
+        ),
+        owner=grpc.StatusCode.ABORTED,
+    ),
+    Case(
+        "rollback-own-agent-to-their-revision",
+        "registry",
+        "RollbackAgent",
+        lambda i: r.RollbackAgentRequest(name=agent_name(i.own_agent), revision_id=i.revision),
+        owner=None,
+    ),
+    Case(
         "create-context",
         "registry",
         "CreateContext",
         lambda i: r.CreateContextRequest(
-            parent=agent_name(i.agent), context=r.Context(display_name="B's", default=True)
+            parent=agent_name(i.agent), context=r.Context(display_name="B's", is_default=True)
         ),
     ),
     Case(
@@ -244,6 +328,65 @@ CASES = [
         "DeleteContext",
         lambda i: r.DeleteContextRequest(name=f"agents/{i.own_agent}/contexts/{i.context}"),
         owner=None,
+    ),
+    # ---- WorkflowService ------------------------------------------------------
+    Case(
+        "create-workflow-running-theirs",
+        "workflows",
+        "CreateWorkflow",
+        lambda i: w.CreateWorkflowRequest(workflow=running(i.target)),
+        code=INVALID_ARGUMENT,
+        field="workflow.steps[0].agent.agent",
+    ),
+    Case(
+        "get-workflow",
+        "workflows",
+        "GetWorkflow",
+        lambda i: w.GetWorkflowRequest(name=workflow_name(i.workflow)),
+    ),
+    Case(
+        "update-workflow",
+        "workflows",
+        "UpdateWorkflow",
+        lambda i: w.UpdateWorkflowRequest(
+            workflow=w.Workflow(name=workflow_name(i.workflow), description="B's now"),
+            update_mask=_mask("description"),
+        ),
+    ),
+    Case(
+        "update-workflow-with-stale-etag",
+        "workflows",
+        "UpdateWorkflow",
+        lambda i: w.UpdateWorkflowRequest(
+            workflow=w.Workflow(name=workflow_name(i.workflow), description="x", etag="stale"),
+            update_mask=_mask("description"),
+        ),
+        owner=grpc.StatusCode.ABORTED,
+    ),
+    Case(
+        "update-own-workflow-running-theirs",
+        "workflows",
+        "UpdateWorkflow",
+        lambda i: w.UpdateWorkflowRequest(
+            workflow=running(i.target, name=workflow_name(i.own_workflow)),
+            update_mask=_mask("steps"),
+        ),
+        code=INVALID_ARGUMENT,
+        field="workflow.steps[0].agent.agent",
+        owner=None,
+    ),
+    Case(
+        "delete-workflow",
+        "workflows",
+        "DeleteWorkflow",
+        lambda i: w.DeleteWorkflowRequest(name=workflow_name(i.workflow)),
+    ),
+    Case(
+        "delete-workflow-with-stale-etag",
+        "workflows",
+        "DeleteWorkflow",
+        lambda i: w.DeleteWorkflowRequest(name=workflow_name(i.workflow), etag="stale"),
+        owner=grpc.StatusCode.ABORTED,
     ),
     # ---- AccountService (what a user may call) --------------------------------
     Case(
@@ -297,6 +440,14 @@ LIST_CASES = [
         lambda i: [agent_name(i.own_agent)],
     ),
     ListCase(
+        "list-workflows",
+        "workflows",
+        "ListWorkflows",
+        lambda i: w.ListWorkflowsRequest(page_size=1000),
+        lambda response: [workflow.name for workflow in response.workflows],
+        lambda i: [workflow_name(i.own_workflow)],
+    ),
+    ListCase(
         "list-own-contexts",
         "registry",
         "ListContexts",
@@ -318,14 +469,16 @@ LIST_CASES = [
 def test_every_rpc_is_covered():
     """A new RPC fails here until it has a case (or is declared service- or admin-only)."""
     covered = {(case.service, case.method) for case in [*CASES, *LIST_CASES]}
-    registry_methods = {m.name for m in r.DESCRIPTOR.services_by_name["RegistryService"].methods}
+    services = {
+        "registry": r.DESCRIPTOR.services_by_name["RegistryService"],
+        "workflows": w.DESCRIPTOR.services_by_name["WorkflowService"],
+    }
+    for service, descriptor in services.items():
+        assert {m for s, m in covered if s == service} == {m.name for m in descriptor.methods}
     account_methods = {m.name for m in a.DESCRIPTOR.services_by_name["AccountService"].methods}
-    assert {m for s, m in covered if s == "registry"} == registry_methods
     assert {m for s, m in covered if s == "accounts"} | SERVICE_ONLY | ADMIN_ONLY == (
         account_methods
     )
-    # What test_auth.py checks as service-only is what the server enforces as such.
-    assert set(registry_server.SERVICE_ONLY) == SERVICE_ONLY
     assert not SERVICE_ONLY & ADMIN_ONLY
 
 
@@ -338,7 +491,8 @@ class Tenants:
 
 @pytest.fixture
 async def tenants(new_sqlite_user) -> Tenants:
-    """A with two agents (one handing off to the other), a context and a spare key; B likewise."""
+    """A with two agents (one handing off to the other, with two revisions), a context,
+    a workflow and a spare key; B likewise."""
     client_a, user_a = await new_sqlite_user(credits=100)
     client_b, user_b = await new_sqlite_user(credits=7)
 
@@ -350,10 +504,22 @@ async def tenants(new_sqlite_user) -> Tenants:
             agent=r.Agent(display_name="Triage", metadata={"team": "a"}, handoffs=[target.name])
         )
     )
+    agent = await client_a.registry.UpdateAgent(
+        r.UpdateAgentRequest(
+            agent=r.Agent(name=agent.name, instructions="A's second revision"),
+            update_mask=_mask("instructions"),
+        )
+    )
     context = await client_a.registry.CreateContext(
         r.CreateContextRequest(
-            parent=agent.name, context=r.Context(values={"tier": "gold"}, default=True)
+            parent=agent.name, context=r.Context(values={"tier": "gold"}, is_default=True)
         )
+    )
+    workflow = await stub(client_a, "workflows").CreateWorkflow(
+        w.CreateWorkflowRequest(workflow=running(target.name.removeprefix("agents/")))
+    )
+    revisions = await client_a.registry.ListAgentRevisions(
+        r.ListAgentRevisionsRequest(name=agent.name)
     )
     key = await client_a.accounts.CreateApiKey(
         a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(display_name="spare"))
@@ -365,17 +531,23 @@ async def tenants(new_sqlite_user) -> Tenants:
     own_context = await client_b.registry.CreateContext(
         r.CreateContextRequest(parent=own_agent.name, context=r.Context(display_name="B's"))
     )
+    own_workflow = await stub(client_b, "workflows").CreateWorkflow(
+        w.CreateWorkflowRequest(workflow=running(own_agent.name.removeprefix("agents/")))
+    )
     own_keys = await client_b.accounts.ListApiKeys(a.ListApiKeysRequest(parent="users/me"))
 
     ids = Ids(
         user=user_a.name.removeprefix("users/"),
         agent=agent.name.removeprefix("agents/"),
+        revision=revisions.agents[-1].revision_id,
         target=target.name.removeprefix("agents/"),
         context=context.name.rpartition("/")[2],
         key=key.name.rpartition("/")[2],
+        workflow=workflow.name.removeprefix("workflows/"),
         own_user=user_b.name.removeprefix("users/"),
         own_agent=own_agent.name.removeprefix("agents/"),
         own_context=own_context.name.rpartition("/")[2],
+        own_workflow=own_workflow.name.removeprefix("workflows/"),
         own_keys=tuple(k.name for k in own_keys.api_keys),
     )
     return Tenants(client_a, client_b, ids)
@@ -388,11 +560,17 @@ async def snapshot(client: Client) -> dict[str, object]:
         "user": await client.accounts.GetUser(a.GetUserRequest(name="users/me")),
         "agents": agents,
         "keys": await client.accounts.ListApiKeys(a.ListApiKeysRequest(parent="users/me")),
+        "workflows": await stub(client, "workflows").ListWorkflows(
+            w.ListWorkflowsRequest(page_size=1000)
+        ),
         "balance": await client.accounts.GetCreditBalance(
             a.GetCreditBalanceRequest(name="users/me/creditBalance")
         ),
     }
     for agent in agents.agents:
+        state[f"{agent.name} revisions"] = await client.registry.ListAgentRevisions(
+            r.ListAgentRevisionsRequest(name=agent.name, page_size=1000)
+        )
         contexts = await client.registry.ListContexts(
             r.ListContextsRequest(parent=agent.name, page_size=1000)
         )
@@ -404,9 +582,14 @@ async def snapshot(client: Client) -> dict[str, object]:
     return state
 
 
+def stub(client: Client, service: str):
+    if service == "workflows" and not hasattr(client, "workflows"):
+        return workflows_pb2_grpc.WorkflowServiceStub(client.channel)
+    return getattr(client, service)
+
+
 async def call(client: Client, case: Case | ListCase, ids: Ids):
-    stub = getattr(client, case.service)
-    return await getattr(stub, case.method)(case.request(ids))
+    return await getattr(stub(client, case.service), case.method)(case.request(ids))
 
 
 async def refused(client: Client, case: Case, ids: Ids) -> grpc.aio.AioRpcError:

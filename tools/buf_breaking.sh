@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
-# buf breaking against the previous commit. The very first commit (or one before
-# protos existed) has nothing to break, so it is skipped rather than failed.
+# buf breaking against the recorded baseline of the released contract
+# (contract/released.binpb), not against the previous commit: a breaking edit must
+# not pass just because a later commit in the same push leaves the protos alone.
+# A deliberate break re-records the baseline (`make contract-baseline`) in the same
+# commit, and says so in its message.
 set -euo pipefail
 buf=$1
-if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
-  git fetch --quiet --deepen=1
-fi
-prev=$(git rev-parse --verify --quiet 'HEAD~1^{commit}') || { echo "buf breaking: no previous commit, skipped"; exit 0; }
-if git ls-tree -r --name-only "$prev" -- protos | grep -q '\.proto$'; then
-  "$buf" breaking --against ".git#ref=$prev"
-else
-  echo "buf breaking: $prev has no protos, skipped"
-fi
+"$buf" breaking --against contract/released.binpb

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 
 import openai
 
-from agentmesh.outbound import BlockedDestination, check_destination
+from agentmesh.outbound import (
+    BlockedDestination,
+    OutboundPolicy,
+    ReplyTooLarge,
+    guarded_http_client,
+)
 
 # Where each kind of provider answers the OpenAI API when no base_url is given.
 DEFAULT_BASE_URLS = {
@@ -17,6 +22,11 @@ DEFAULT_BASE_URLS = {
     "huggingface": "https://router.huggingface.co/v1",
 }
 NEEDS_BASE_URL = {"azure_openai", "custom"}
+# Each request, reply included, ends by then: a server trickling bytes holds
+# TestProvider no longer than a silent one.
+PROBE_SECONDS = 10.0
+# A model list from an aggregator runs to a few MiB; more is no provider's answer.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -29,14 +39,28 @@ class ProbeResult:
 
 
 def openai_client(
-    base_url: str, api_key: str, organization: str = "", timeout: float = 10.0
+    base_url: str,
+    api_key: str,
+    organization: str = "",
+    timeout: float = PROBE_SECONDS,
+    policy: OutboundPolicy | None = None,
 ) -> openai.AsyncOpenAI:
+    """An openai client whose every connection, redirects included, the policy judges.
+
+    Without a policy nothing internal is allowed.
+    """
     return openai.AsyncOpenAI(
         base_url=base_url,
         api_key=api_key or "unused",
         organization=organization or None,
         timeout=timeout,
         max_retries=0,
+        http_client=guarded_http_client(
+            policy or OutboundPolicy(),
+            timeout=timeout,
+            deadline=timeout,
+            max_reply_bytes=MAX_REPLY_BYTES,
+        ),
     )
 
 
@@ -46,14 +70,15 @@ async def probe(
     """Lists models; where a server has no model list, asks `model` for one token.
 
     Messages are ours, never the provider's text: providers echo parts of a
-    rejected key back, and that must not reach a response or a log.
+    rejected key back, and that must not reach a response or a log. Where
+    the destination is judged is the client's connection (every redirect hop
+    too), so what is checked is what is called.
     """
     started = time.perf_counter()
-    try:
-        await check_destination(base_url, allow)
-    except BlockedDestination as blocked:
-        return _failure("BLOCKED", str(blocked), started)
-    async with openai_client(base_url, api_key, organization) as client:
+    policy = OutboundPolicy(allow)
+    async with openai_client(
+        base_url, api_key, organization, timeout=PROBE_SECONDS, policy=policy
+    ) as client:
         try:
             try:
                 models = [m.id async for m in client.models.list()]
@@ -84,8 +109,20 @@ async def probe(
                 started,
             )
         except openai.APITimeoutError:
-            return _failure("TIMEOUT", f"{base_url} did not answer within 10 s", started)
+            return _failure(
+                "TIMEOUT", f"{base_url} did not answer within {PROBE_SECONDS:g} s", started
+            )
         except openai.APIConnectionError as error:
+            # The openai client wraps what the guarded transport raised.
+            refused = error.__cause__
+            if isinstance(refused, BlockedDestination):
+                return _failure("BLOCKED", str(refused), started)
+            if isinstance(refused, ReplyTooLarge):
+                return _failure(
+                    "PROVIDER_ERROR",
+                    f"{base_url} sent a reply over {MAX_REPLY_BYTES} bytes",
+                    started,
+                )
             return _failure("UNREACHABLE", _connection_problem(base_url, error), started)
         except openai.APIStatusError as error:
             return _failure(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import JSON, Boolean, Index, Integer, String, delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from agentmesh.db import Page, UtcDateTime, fetch_page, new_id, utc_now
+from agentmesh.db import Page, UtcDateTime, fetch_page
 from agentmesh.errors import Aborted, NotFound
+from agentmesh.ids import new_id, utc_now
+
+# Two racing writes that each make a provider the default: the database keeps one
+# (a partial unique index), the loser retries and clears the winner's flag.
+_DEFAULT_RETRIES = 5
 
 
 class Base(DeclarativeBase):
@@ -20,10 +27,21 @@ class Base(DeclarativeBase):
 
 class ProviderRow(Base):
     __tablename__ = "providers"
+    __table_args__ = (
+        # At most one default per user, whatever races: the database holds it.
+        Index(
+            "one_default_provider_per_user",
+            "user_id",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+    )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[str] = mapped_column(String(64), index=True)
-    # type, display_name, base_url, models, default_model, organization, additional_config
+    # type, display_name, base_url, models, default_model, organization, extra_headers,
+    # settings (the typed per-type settings, as {"azure_openai": {...}})
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     is_default: Mapped[bool] = mapped_column(Boolean)
     api_key_hint: Mapped[str] = mapped_column(String(8))
@@ -65,7 +83,7 @@ class ProviderStore:
         self.engine = engine
 
     async def create(self, provider: Provider) -> Provider:
-        async with self.engine.begin() as conn:
+        async def write(conn: AsyncConnection) -> None:
             if provider.is_default:
                 await self._clear_default(conn, provider.user_id)
             await conn.execute(
@@ -81,6 +99,8 @@ class ProviderStore:
                     update_time=provider.update_time,
                 )
             )
+
+        await self._write(write, provider.is_default)
         return provider
 
     async def get(self, user_id: str, provider_id: str) -> Provider:
@@ -120,7 +140,8 @@ class ProviderStore:
 
     async def update(self, provider: Provider, expected_etag: str) -> Provider:
         provider.etag, provider.update_time = new_id(), utc_now()
-        async with self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             if provider.is_default:
                 await self._clear_default(conn, provider.user_id)
             result = await conn.execute(
@@ -140,8 +161,22 @@ class ProviderStore:
                 )
             )
             if result.rowcount == 0:
-                raise Aborted(f"providers/{provider.id} changed since it was read; read it again")
+                raise Aborted.stale(f"providers/{provider.id}")
+
+        await self._write(write, provider.is_default)
         return provider
+
+    async def _write(
+        self, write: Callable[[AsyncConnection], Awaitable[None]], sets_default: bool
+    ) -> None:
+        for attempt in range(_DEFAULT_RETRIES):
+            try:
+                async with self.engine.begin() as conn:
+                    await write(conn)
+                return
+            except IntegrityError:
+                if not sets_default or attempt == _DEFAULT_RETRIES - 1:
+                    raise
 
     async def delete(self, user_id: str, provider_id: str) -> None:
         async with self.engine.begin() as conn:

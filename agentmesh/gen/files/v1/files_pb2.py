@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/files/v1/files.proto\x12\x12\x61gentmesh.files.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n\x04\x46ile\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x18\n\nsize_bytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x05state\x18\x06 \x01(\x0e\x32#.agentmesh.files.v1.ProcessingStateB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x38\n\x08metadata\x18\t \x03(\x0b\x32&.agentmesh.files.v1.File.MetadataEntry\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:2\xea\x41/\n\x12\x61gentmesh.dev/File\x12\x0c\x66iles/{file}*\x05\x66iles2\x04\x66ile\"\xd6\x02\n\x11UploadFileRequest\x12\x42\n\x08metadata\x18\x01 \x01(\x0b\x32..agentmesh.files.v1.UploadFileRequest.MetadataH\x00\x12\x1b\n\x05\x63hunk\x18\x02 \x01(\x0c\x42\n\xbaH\x07z\x05\x18\x80\x80\x80\x02H\x00\x1a\xd0\x01\n\x08Metadata\x12\x1c\n\x08\x66ilename\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04\x12\x1b\n\tmime_type\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12X\n\x08metadata\x18\x03 \x03(\x0b\x32<.agentmesh.files.v1.UploadFileRequest.Metadata.MetadataEntryB\x08\xbaH\x05\x9a\x01\x02\x10@\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x04part\x12\x05\xbaH\x02\x08\x01\"]\n\x0eGetFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"O\n\x10ListFilesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"U\n\x11ListFilesResponse\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x18.agentmesh.files.v1.File\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x11\x44\x65leteFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"_\n\x10WatchFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"\xbd\x02\n\x0bVectorStore\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12(\n\x12\x65mbedding_provider\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\x80\x01\x12%\n\x0f\x65mbedding_model\x18\x04 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\nfile_count\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:V\xea\x41S\n\x19\x61gentmesh.dev/VectorStore\x12\x1bvectorStores/{vector_store}*\x0cvectorStores2\x0bvectorStore\"p\n\x0fVectorStoreFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.agentmesh.files.v1.ProcessingState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"]\n\x18\x43reateVectorStoreRequest\x12\x41\n\x0cvector_store\x18\x01 \x01(\x0b\x32\x1f.agentmesh.files.v1.VectorStoreB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"r\n\x15GetVectorStoreRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\"V\n\x17ListVectorStoresRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"k\n\x18ListVectorStoresResponse\x12\x36\n\rvector_stores\x18\x01 \x03(\x0b\x32\x1f.agentmesh.files.v1.VectorStore\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x18\x44\x65leteVectorStoreRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\"\xcb\x01\n\x19\x41\x64\x64VectorStoreFileRequest\x12\x61\n\x0cvector_store\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\x12K\n\x04\x66ile\x18\x02 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"\xe1\x01\n\x18SearchVectorStoreRequest\x12\x61\n\x0cvector_store\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\x12\x19\n\x05query\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80@\x12\x1e\n\x0bmax_results\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\x0cSearchResult\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\x05\"N\n\x19SearchVectorStoreResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .agentmesh.files.v1.SearchResult*\x8d\x01\n\x0fProcessingState\x12 \n\x1cPROCESSING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROCESSING_STATE_PROCESSING\x10\x01\x12\x1a\n\x16PROCESSING_STATE_READY\x10\x02\x12\x1b\n\x17PROCESSING_STATE_FAILED\x10\x03\x32\x91\x0b\n\x0b\x46ileService\x12O\n\nUploadFile\x12%.agentmesh.files.v1.UploadFileRequest\x1a\x18.agentmesh.files.v1.File(\x01\x12g\n\x07GetFile\x12\".agentmesh.files.v1.GetFileRequest\x1a\x18.agentmesh.files.v1.File\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=files/*}\x12o\n\tListFiles\x12$.agentmesh.files.v1.ListFilesRequest\x1a%.agentmesh.files.v1.ListFilesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/files\x12k\n\nDeleteFile\x12%.agentmesh.files.v1.DeleteFileRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/{name=files/*}\x12s\n\tWatchFile\x12$.agentmesh.files.v1.WatchFileRequest\x1a\x18.agentmesh.files.v1.File\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/{name=files/*}:watch0\x01\x12\x8e\x01\n\x11\x43reateVectorStore\x12,.agentmesh.files.v1.CreateVectorStoreRequest\x1a\x1f.agentmesh.files.v1.VectorStore\"*\x82\xd3\xe4\x93\x02$\"\x14/api/v1/vectorStores:\x0cvector_store\x12\x83\x01\n\x0eGetVectorStore\x12).agentmesh.files.v1.GetVectorStoreRequest\x1a\x1f.agentmesh.files.v1.VectorStore\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/{name=vectorStores/*}\x12\x8b\x01\n\x10ListVectorStores\x12+.agentmesh.files.v1.ListVectorStoresRequest\x1a,.agentmesh.files.v1.ListVectorStoresResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/vectorStores\x12\x80\x01\n\x11\x44\x65leteVectorStore\x12,.agentmesh.files.v1.DeleteVectorStoreRequest\x1a\x16.google.protobuf.Empty\"%\x82\xd3\xe4\x93\x02\x1f*\x1d/api/v1/{name=vectorStores/*}\x12\xa0\x01\n\x12\x41\x64\x64VectorStoreFile\x12-.agentmesh.files.v1.AddVectorStoreFileRequest\x1a#.agentmesh.files.v1.VectorStoreFile\"6\x82\xd3\xe4\x93\x02\x30\"+/api/v1/{vector_store=vectorStores/*}/files:\x01*\x12\xa9\x01\n\x11SearchVectorStore\x12,.agentmesh.files.v1.SearchVectorStoreRequest\x1a-.agentmesh.files.v1.SearchVectorStoreResponse\"7\x82\xd3\xe4\x93\x02\x31\",/api/v1/{vector_store=vectorStores/*}:search:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/files/v1/files.proto\x12\x12\x61gentmesh.files.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x03\n\x04\x46ile\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x18\n\nsize_bytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x05state\x18\x06 \x01(\x0e\x32#.agentmesh.files.v1.ProcessingStateB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x38\n\x08metadata\x18\t \x03(\x0b\x32&.agentmesh.files.v1.File.MetadataEntry\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63hunks_embedded\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:2\xea\x41/\n\x12\x61gentmesh.dev/File\x12\x0c\x66iles/{file}*\x05\x66iles2\x04\x66ile\"\xd6\x02\n\x11UploadFileRequest\x12\x42\n\x08metadata\x18\x01 \x01(\x0b\x32..agentmesh.files.v1.UploadFileRequest.MetadataH\x00\x12\x1b\n\x05\x63hunk\x18\x02 \x01(\x0c\x42\n\xbaH\x07z\x05\x18\x80\x80\x80\x02H\x00\x1a\xd0\x01\n\x08Metadata\x12\x1c\n\x08\x66ilename\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04\x12\x1b\n\tmime_type\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12X\n\x08metadata\x18\x03 \x03(\x0b\x32<.agentmesh.files.v1.UploadFileRequest.Metadata.MetadataEntryB\x08\xbaH\x05\x9a\x01\x02\x10@\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x04part\x12\x05\xbaH\x02\x08\x01\"]\n\x0eGetFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"O\n\x10ListFilesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"U\n\x11ListFilesResponse\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x18.agentmesh.files.v1.File\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x11\x44\x65leteFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"_\n\x10WatchFileRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"\x8d\x03\n\x0bVectorStore\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12(\n\x12\x65mbedding_provider\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\x80\x01\x12%\n\x0f\x65mbedding_model\x18\x04 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\nfile_count\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\x08\x63hunking\x18\x07 \x01(\x0b\x32\x1c.agentmesh.files.v1.ChunkingB\x04\xe2\x41\x01\x05\x12\x18\n\ndimensions\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03:V\xea\x41S\n\x19\x61gentmesh.dev/VectorStore\x12\x1bvectorStores/{vector_store}*\x0cvectorStores2\x0bvectorStore\"N\n\x08\x43hunking\x12\x1e\n\nmax_tokens\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80@(\x00\x12\"\n\x0eoverlap_tokens\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80 (\x00\"p\n\x0fVectorStoreFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.agentmesh.files.v1.ProcessingState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"]\n\x18\x43reateVectorStoreRequest\x12\x41\n\x0cvector_store\x18\x01 \x01(\x0b\x32\x1f.agentmesh.files.v1.VectorStoreB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"r\n\x15GetVectorStoreRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\"V\n\x17ListVectorStoresRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"k\n\x18ListVectorStoresResponse\x12\x36\n\rvector_stores\x18\x01 \x03(\x0b\x32\x1f.agentmesh.files.v1.VectorStore\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x18\x44\x65leteVectorStoreRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\"\xcb\x01\n\x19\x41\x64\x64VectorStoreFileRequest\x12\x61\n\x0cvector_store\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\x12K\n\x04\x66ile\x18\x02 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/File\xbaH\x1fr\x1d\x32\x1b^files/[A-Za-z0-9_-]{1,64}$\"\xe1\x01\n\x18SearchVectorStoreRequest\x12\x61\n\x0cvector_store\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/VectorStore\xbaH&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\x12\x19\n\x05query\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80@\x12\x1e\n\x0bmax_results\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\x0cSearchResult\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\x05\"N\n\x19SearchVectorStoreResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .agentmesh.files.v1.SearchResult*\x8d\x01\n\x0fProcessingState\x12 \n\x1cPROCESSING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROCESSING_STATE_PROCESSING\x10\x01\x12\x1a\n\x16PROCESSING_STATE_READY\x10\x02\x12\x1b\n\x17PROCESSING_STATE_FAILED\x10\x03\x32\x91\x0b\n\x0b\x46ileService\x12O\n\nUploadFile\x12%.agentmesh.files.v1.UploadFileRequest\x1a\x18.agentmesh.files.v1.File(\x01\x12g\n\x07GetFile\x12\".agentmesh.files.v1.GetFileRequest\x1a\x18.agentmesh.files.v1.File\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=files/*}\x12o\n\tListFiles\x12$.agentmesh.files.v1.ListFilesRequest\x1a%.agentmesh.files.v1.ListFilesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/files\x12k\n\nDeleteFile\x12%.agentmesh.files.v1.DeleteFileRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/{name=files/*}\x12s\n\tWatchFile\x12$.agentmesh.files.v1.WatchFileRequest\x1a\x18.agentmesh.files.v1.File\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/{name=files/*}:watch0\x01\x12\x8e\x01\n\x11\x43reateVectorStore\x12,.agentmesh.files.v1.CreateVectorStoreRequest\x1a\x1f.agentmesh.files.v1.VectorStore\"*\x82\xd3\xe4\x93\x02$\"\x14/api/v1/vectorStores:\x0cvector_store\x12\x83\x01\n\x0eGetVectorStore\x12).agentmesh.files.v1.GetVectorStoreRequest\x1a\x1f.agentmesh.files.v1.VectorStore\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/{name=vectorStores/*}\x12\x8b\x01\n\x10ListVectorStores\x12+.agentmesh.files.v1.ListVectorStoresRequest\x1a,.agentmesh.files.v1.ListVectorStoresResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/vectorStores\x12\x80\x01\n\x11\x44\x65leteVectorStore\x12,.agentmesh.files.v1.DeleteVectorStoreRequest\x1a\x16.google.protobuf.Empty\"%\x82\xd3\xe4\x93\x02\x1f*\x1d/api/v1/{name=vectorStores/*}\x12\xa0\x01\n\x12\x41\x64\x64VectorStoreFile\x12-.agentmesh.files.v1.AddVectorStoreFileRequest\x1a#.agentmesh.files.v1.VectorStoreFile\"6\x82\xd3\xe4\x93\x02\x30\"+/api/v1/{vector_store=vectorStores/*}/files:\x01*\x12\xa9\x01\n\x11SearchVectorStore\x12,.agentmesh.files.v1.SearchVectorStoreRequest\x1a-.agentmesh.files.v1.SearchVectorStoreResponse\"7\x82\xd3\xe4\x93\x02\x31\",/api/v1/{vector_store=vectorStores/*}:search:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILE'].fields_by_name['chunk_count']._serialized_options = b'\342A\001\003'
   _globals['_FILE'].fields_by_name['create_time']._loaded_options = None
   _globals['_FILE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_FILE'].fields_by_name['chunks_embedded']._loaded_options = None
+  _globals['_FILE'].fields_by_name['chunks_embedded']._serialized_options = b'\342A\001\003'
   _globals['_FILE']._loaded_options = None
   _globals['_FILE']._serialized_options = b'\352A/\n\022agentmesh.dev/File\022\014files/{file}*\005files2\004file'
   _globals['_UPLOADFILEREQUEST_METADATA_METADATAENTRY']._loaded_options = None
@@ -90,8 +92,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTORSTORE'].fields_by_name['file_count']._serialized_options = b'\342A\001\003'
   _globals['_VECTORSTORE'].fields_by_name['create_time']._loaded_options = None
   _globals['_VECTORSTORE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORSTORE'].fields_by_name['chunking']._loaded_options = None
+  _globals['_VECTORSTORE'].fields_by_name['chunking']._serialized_options = b'\342A\001\005'
+  _globals['_VECTORSTORE'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_VECTORSTORE'].fields_by_name['dimensions']._serialized_options = b'\342A\001\003'
   _globals['_VECTORSTORE']._loaded_options = None
   _globals['_VECTORSTORE']._serialized_options = b'\352AS\n\031agentmesh.dev/VectorStore\022\033vectorStores/{vector_store}*\014vectorStores2\013vectorStore'
+  _globals['_CHUNKING'].fields_by_name['max_tokens']._loaded_options = None
+  _globals['_CHUNKING'].fields_by_name['max_tokens']._serialized_options = b'\272H\007\032\005\030\200@(\000'
+  _globals['_CHUNKING'].fields_by_name['overlap_tokens']._loaded_options = None
+  _globals['_CHUNKING'].fields_by_name['overlap_tokens']._serialized_options = b'\272H\007\032\005\030\200 (\000'
   _globals['_CREATEVECTORSTOREREQUEST'].fields_by_name['vector_store']._loaded_options = None
   _globals['_CREATEVECTORSTOREREQUEST'].fields_by_name['vector_store']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
   _globals['_GETVECTORSTOREREQUEST'].fields_by_name['name']._loaded_options = None
@@ -132,50 +142,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILESERVICE'].methods_by_name['AddVectorStoreFile']._serialized_options = b'\202\323\344\223\0020\"+/api/v1/{vector_store=vectorStores/*}/files:\001*'
   _globals['_FILESERVICE'].methods_by_name['SearchVectorStore']._loaded_options = None
   _globals['_FILESERVICE'].methods_by_name['SearchVectorStore']._serialized_options = b'\202\323\344\223\0021\",/api/v1/{vector_store=vectorStores/*}:search:\001*'
-  _globals['_PROCESSINGSTATE']._serialized_start=3076
-  _globals['_PROCESSINGSTATE']._serialized_end=3217
+  _globals['_PROCESSINGSTATE']._serialized_start=3267
+  _globals['_PROCESSINGSTATE']._serialized_end=3408
   _globals['_FILE']._serialized_start=266
-  _globals['_FILE']._serialized_end=697
-  _globals['_FILE_METADATAENTRY']._serialized_start=598
-  _globals['_FILE_METADATAENTRY']._serialized_end=645
-  _globals['_UPLOADFILEREQUEST']._serialized_start=700
-  _globals['_UPLOADFILEREQUEST']._serialized_end=1042
-  _globals['_UPLOADFILEREQUEST_METADATA']._serialized_start=819
-  _globals['_UPLOADFILEREQUEST_METADATA']._serialized_end=1027
-  _globals['_UPLOADFILEREQUEST_METADATA_METADATAENTRY']._serialized_start=598
-  _globals['_UPLOADFILEREQUEST_METADATA_METADATAENTRY']._serialized_end=645
-  _globals['_GETFILEREQUEST']._serialized_start=1044
-  _globals['_GETFILEREQUEST']._serialized_end=1137
-  _globals['_LISTFILESREQUEST']._serialized_start=1139
-  _globals['_LISTFILESREQUEST']._serialized_end=1218
-  _globals['_LISTFILESRESPONSE']._serialized_start=1220
-  _globals['_LISTFILESRESPONSE']._serialized_end=1305
-  _globals['_DELETEFILEREQUEST']._serialized_start=1307
-  _globals['_DELETEFILEREQUEST']._serialized_end=1403
-  _globals['_WATCHFILEREQUEST']._serialized_start=1405
-  _globals['_WATCHFILEREQUEST']._serialized_end=1500
-  _globals['_VECTORSTORE']._serialized_start=1503
-  _globals['_VECTORSTORE']._serialized_end=1820
-  _globals['_VECTORSTOREFILE']._serialized_start=1822
-  _globals['_VECTORSTOREFILE']._serialized_end=1934
-  _globals['_CREATEVECTORSTOREREQUEST']._serialized_start=1936
-  _globals['_CREATEVECTORSTOREREQUEST']._serialized_end=2029
-  _globals['_GETVECTORSTOREREQUEST']._serialized_start=2031
-  _globals['_GETVECTORSTOREREQUEST']._serialized_end=2145
-  _globals['_LISTVECTORSTORESREQUEST']._serialized_start=2147
-  _globals['_LISTVECTORSTORESREQUEST']._serialized_end=2233
-  _globals['_LISTVECTORSTORESRESPONSE']._serialized_start=2235
-  _globals['_LISTVECTORSTORESRESPONSE']._serialized_end=2342
-  _globals['_DELETEVECTORSTOREREQUEST']._serialized_start=2344
-  _globals['_DELETEVECTORSTOREREQUEST']._serialized_end=2461
-  _globals['_ADDVECTORSTOREFILEREQUEST']._serialized_start=2464
-  _globals['_ADDVECTORSTOREFILEREQUEST']._serialized_end=2667
-  _globals['_SEARCHVECTORSTOREREQUEST']._serialized_start=2670
-  _globals['_SEARCHVECTORSTOREREQUEST']._serialized_end=2895
-  _globals['_SEARCHRESULT']._serialized_start=2897
-  _globals['_SEARCHRESULT']._serialized_end=2993
-  _globals['_SEARCHVECTORSTORERESPONSE']._serialized_start=2995
-  _globals['_SEARCHVECTORSTORERESPONSE']._serialized_end=3073
-  _globals['_FILESERVICE']._serialized_start=3220
-  _globals['_FILESERVICE']._serialized_end=4645
+  _globals['_FILE']._serialized_end=728
+  _globals['_FILE_METADATAENTRY']._serialized_start=629
+  _globals['_FILE_METADATAENTRY']._serialized_end=676
+  _globals['_UPLOADFILEREQUEST']._serialized_start=731
+  _globals['_UPLOADFILEREQUEST']._serialized_end=1073
+  _globals['_UPLOADFILEREQUEST_METADATA']._serialized_start=850
+  _globals['_UPLOADFILEREQUEST_METADATA']._serialized_end=1058
+  _globals['_UPLOADFILEREQUEST_METADATA_METADATAENTRY']._serialized_start=629
+  _globals['_UPLOADFILEREQUEST_METADATA_METADATAENTRY']._serialized_end=676
+  _globals['_GETFILEREQUEST']._serialized_start=1075
+  _globals['_GETFILEREQUEST']._serialized_end=1168
+  _globals['_LISTFILESREQUEST']._serialized_start=1170
+  _globals['_LISTFILESREQUEST']._serialized_end=1249
+  _globals['_LISTFILESRESPONSE']._serialized_start=1251
+  _globals['_LISTFILESRESPONSE']._serialized_end=1336
+  _globals['_DELETEFILEREQUEST']._serialized_start=1338
+  _globals['_DELETEFILEREQUEST']._serialized_end=1434
+  _globals['_WATCHFILEREQUEST']._serialized_start=1436
+  _globals['_WATCHFILEREQUEST']._serialized_end=1531
+  _globals['_VECTORSTORE']._serialized_start=1534
+  _globals['_VECTORSTORE']._serialized_end=1931
+  _globals['_CHUNKING']._serialized_start=1933
+  _globals['_CHUNKING']._serialized_end=2011
+  _globals['_VECTORSTOREFILE']._serialized_start=2013
+  _globals['_VECTORSTOREFILE']._serialized_end=2125
+  _globals['_CREATEVECTORSTOREREQUEST']._serialized_start=2127
+  _globals['_CREATEVECTORSTOREREQUEST']._serialized_end=2220
+  _globals['_GETVECTORSTOREREQUEST']._serialized_start=2222
+  _globals['_GETVECTORSTOREREQUEST']._serialized_end=2336
+  _globals['_LISTVECTORSTORESREQUEST']._serialized_start=2338
+  _globals['_LISTVECTORSTORESREQUEST']._serialized_end=2424
+  _globals['_LISTVECTORSTORESRESPONSE']._serialized_start=2426
+  _globals['_LISTVECTORSTORESRESPONSE']._serialized_end=2533
+  _globals['_DELETEVECTORSTOREREQUEST']._serialized_start=2535
+  _globals['_DELETEVECTORSTOREREQUEST']._serialized_end=2652
+  _globals['_ADDVECTORSTOREFILEREQUEST']._serialized_start=2655
+  _globals['_ADDVECTORSTOREFILEREQUEST']._serialized_end=2858
+  _globals['_SEARCHVECTORSTOREREQUEST']._serialized_start=2861
+  _globals['_SEARCHVECTORSTOREREQUEST']._serialized_end=3086
+  _globals['_SEARCHRESULT']._serialized_start=3088
+  _globals['_SEARCHRESULT']._serialized_end=3184
+  _globals['_SEARCHVECTORSTORERESPONSE']._serialized_start=3186
+  _globals['_SEARCHVECTORSTORERESPONSE']._serialized_end=3264
+  _globals['_FILESERVICE']._serialized_start=3411
+  _globals['_FILESERVICE']._serialized_end=4836
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ PROCESSING_STATE_READY: ProcessingState
 PROCESSING_STATE_FAILED: ProcessingState
 
 class File(_message.Message):
-    __slots__ = ("name", "filename", "mime_type", "size_bytes", "sha256", "state", "error", "chunk_count", "metadata", "create_time")
+    __slots__ = ("name", "filename", "mime_type", "size_bytes", "sha256", "state", "error", "chunk_count", "metadata", "create_time", "chunks_embedded")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class File(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     mime_type: str
@@ -56,7 +57,8 @@ class File(_message.Message):
     chunk_count: int
     metadata: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[ProcessingState, str]] = ..., error: _Optional[str] = ..., chunk_count: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    chunks_embedded: int
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[ProcessingState, str]] = ..., error: _Optional[str] = ..., chunk_count: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunks_embedded: _Optional[int] = ...) -> None: ...
 
 class UploadFileRequest(_message.Message):
     __slots__ = ("metadata", "chunk")
@@ -117,20 +119,32 @@ class WatchFileRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class VectorStore(_message.Message):
-    __slots__ = ("name", "display_name", "embedding_provider", "embedding_model", "file_count", "create_time")
+    __slots__ = ("name", "display_name", "embedding_provider", "embedding_model", "file_count", "create_time", "chunking", "dimensions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     embedding_provider: str
     embedding_model: str
     file_count: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., embedding_provider: _Optional[str] = ..., embedding_model: _Optional[str] = ..., file_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    chunking: Chunking
+    dimensions: int
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., embedding_provider: _Optional[str] = ..., embedding_model: _Optional[str] = ..., file_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., dimensions: _Optional[int] = ...) -> None: ...
+
+class Chunking(_message.Message):
+    __slots__ = ("max_tokens", "overlap_tokens")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    overlap_tokens: int
+    def __init__(self, max_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
 
 class VectorStoreFile(_message.Message):
     __slots__ = ("name", "file", "state", "error")

@@ -25,42 +25,97 @@ _sym_db = _symbol_database.Default()
 from agentmesh.gen.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(agentmesh/guardrails/v1/guardrails.proto\x12\x17\x61gentmesh.guardrails.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xcb\x01\n\tGuardrail\x12\x1c\n\x04name\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1d\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12X\n\x0eimplementation\x18\x03 \x01(\x0e\x32\x30.agentmesh.guardrails.v1.GuardrailImplementationB\x0e\xe2\x41\x01\x02\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcb\x01\n\x19\x45valuateGuardrailsRequest\x12\x42\n\nguardrails\x18\x01 \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\n\xbaH\x07\x92\x01\x04\x08\x01\x10@\x12\x17\n\x04text\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80@\x12\x42\n\x05stage\x18\x03 \x01(\x0e\x32\'.agentmesh.guardrails.v1.GuardrailStageB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\r\n\x05\x61gent\x18\x04 \x01(\t\"s\n\x0fGuardrailResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12tripwire_triggered\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12%\n\x04info\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"s\n\x1a\x45valuateGuardrailsResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.agentmesh.guardrails.v1.GuardrailResult\x12\x1a\n\x12tripwire_triggered\x18\x02 \x01(\x08*\xfb\x01\n\x17GuardrailImplementation\x12(\n$GUARDRAIL_IMPLEMENTATION_UNSPECIFIED\x10\x00\x12\"\n\x1eGUARDRAIL_IMPLEMENTATION_REGEX\x10\x01\x12$\n GUARDRAIL_IMPLEMENTATION_BUILTIN\x10\x02\x12!\n\x1dGUARDRAIL_IMPLEMENTATION_CODE\x10\x03\x12%\n!GUARDRAIL_IMPLEMENTATION_ENDPOINT\x10\x04\x12\"\n\x1eGUARDRAIL_IMPLEMENTATION_AGENT\x10\x05*h\n\x0eGuardrailStage\x12\x1f\n\x1bGUARDRAIL_STAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15GUARDRAIL_STAGE_INPUT\x10\x01\x12\x1a\n\x16GUARDRAIL_STAGE_OUTPUT\x10\x02\x32\xba\x01\n\x10GuardrailService\x12\xa5\x01\n\x12\x45valuateGuardrails\x12\x32.agentmesh.guardrails.v1.EvaluateGuardrailsRequest\x1a\x33.agentmesh.guardrails.v1.EvaluateGuardrailsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/guardrails:evaluate:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(agentmesh/guardrails/v1/guardrails.proto\x12\x17\x61gentmesh.guardrails.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x93\x03\n\tGuardrail\x12\x1c\n\x04name\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1d\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12#\n\x10override_message\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x01\x12\x34\n\x05regex\x18\n \x01(\x0b\x32#.agentmesh.guardrails.v1.RegexCheckH\x00\x12\x38\n\x07\x62uiltin\x18\x0b \x01(\x0b\x32%.agentmesh.guardrails.v1.BuiltinCheckH\x00\x12\x32\n\x04\x63ode\x18\x0c \x01(\x0b\x32\".agentmesh.guardrails.v1.CodeCheckH\x00\x12:\n\x08\x65ndpoint\x18\r \x01(\x0b\x32&.agentmesh.guardrails.v1.EndpointCheckH\x00\x12\x34\n\x05\x61gent\x18\x0e \x01(\x0b\x32#.agentmesh.guardrails.v1.AgentCheckH\x00\x42\x0e\n\x05\x63heck\x12\x05\xbaH\x02\x08\x01\"\xbf\x01\n\nRegexCheck\x12\x1f\n\x07pattern\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80 \x12J\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32*.agentmesh.guardrails.v1.RegexCheck.ActionB\x0e\xe2\x41\x01\x02\xbaH\x07\x82\x01\x04\x10\x01 \x00\"D\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_BLOCK\x10\x01\x12\x10\n\x0c\x41\x43TION_ALLOW\x10\x02\"\xa2\x03\n\x0c\x42uiltinCheck\x12\x33\n\x03pii\x18\x01 \x01(\x0b\x32$.agentmesh.guardrails.v1.PiiDetectorH\x00\x12;\n\x07secrets\x18\x02 \x01(\x0b\x32(.agentmesh.guardrails.v1.SecretsDetectorH\x00\x12L\n\x10prompt_injection\x18\x03 \x01(\x0b\x32\x30.agentmesh.guardrails.v1.PromptInjectionDetectorH\x00\x12\x38\n\nmax_length\x18\x04 \x01(\x0b\x32\".agentmesh.guardrails.v1.MaxLengthH\x00\x12>\n\rblocked_terms\x18\x05 \x01(\x0b\x32%.agentmesh.guardrails.v1.BlockedTermsH\x00\x12\x45\n\x0bjson_schema\x18\x06 \x01(\x0b\x32..agentmesh.guardrails.v1.JsonSchemaConformanceH\x00\x42\x11\n\x08\x64\x65tector\x12\x05\xbaH\x02\x08\x01\"\xbe\x01\n\x0bPiiDetector\x12K\n\x05kinds\x18\x01 \x03(\x0e\x32).agentmesh.guardrails.v1.PiiDetector.KindB\x11\xbaH\x0e\x92\x01\x0b\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"b\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_EMAIL\x10\x01\x12\x0e\n\nKIND_PHONE\x10\x02\x12\x15\n\x11KIND_PAYMENT_CARD\x10\x03\x12\r\n\tKIND_IBAN\x10\x04\"\x11\n\x0fSecretsDetector\"D\n\x17PromptInjectionDetector\x12)\n\rextra_phrases\x18\x01 \x03(\tB\x12\xbaH\x0f\x92\x01\x0c\x10\x80\x02\"\x07r\x05\x10\x01\x18\x80\x04\"\'\n\tMaxLength\x12\x1a\n\tmax_chars\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00\"K\n\x0c\x42lockedTerms\x12#\n\x05terms\x18\x01 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x08\x01\x10\xe8\x07\"\x07r\x05\x10\x01\x18\x80\x02\x12\x16\n\x0e\x63\x61se_sensitive\x18\x02 \x01(\x08\"L\n\x15JsonSchemaConformance\x12\x33\n\x06schema\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"f\n\tCodeCheck\x12\x1f\n\x06source\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x06\x10\x01\x18\xa0\x8d\x06\x12\x38\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0c\xbaH\t\xaa\x01\x06\"\x02\x08<2\x00\"p\n\rEndpointCheck\x12%\n\x03url\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xbaH\x11r\x0f\x18\x80\x10\x32\n^https?://\x12\x38\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0c\xbaH\t\xaa\x01\x06\"\x02\x08<2\x00\"D\n\nAgentCheck\x12\x36\n\x05\x61gent\x18\x01 \x01(\tB\'\xe2\x41\x01\x02\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"\xf6\x01\n\x19\x45valuateGuardrailsRequest\x12\x42\n\nguardrails\x18\x01 \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\n\xbaH\x07\x92\x01\x04\x08\x01\x10@\x12\x17\n\x04text\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80@\x12\x42\n\x05stage\x18\x03 \x01(\x0e\x32\'.agentmesh.guardrails.v1.GuardrailStageB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x38\n\x05\x61gent\x18\x04 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\"s\n\x0fGuardrailResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12tripwire_triggered\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12%\n\x04info\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"s\n\x1a\x45valuateGuardrailsResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.agentmesh.guardrails.v1.GuardrailResult\x12\x1a\n\x12tripwire_triggered\x18\x02 \x01(\x08*h\n\x0eGuardrailStage\x12\x1f\n\x1bGUARDRAIL_STAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15GUARDRAIL_STAGE_INPUT\x10\x01\x12\x1a\n\x16GUARDRAIL_STAGE_OUTPUT\x10\x02\x32\xba\x01\n\x10GuardrailService\x12\xa5\x01\n\x12\x45valuateGuardrails\x12\x32.agentmesh.guardrails.v1.EvaluateGuardrailsRequest\x1a\x33.agentmesh.guardrails.v1.EvaluateGuardrailsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/guardrails:evaluate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.gen.guardrails.v1.guardrails_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GUARDRAIL'].oneofs_by_name['check']._loaded_options = None
+  _globals['_GUARDRAIL'].oneofs_by_name['check']._serialized_options = b'\272H\002\010\001'
   _globals['_GUARDRAIL'].fields_by_name['name']._loaded_options = None
   _globals['_GUARDRAIL'].fields_by_name['name']._serialized_options = b'\342A\001\002\272H\007r\005\020\001\030\200\001'
   _globals['_GUARDRAIL'].fields_by_name['description']._loaded_options = None
   _globals['_GUARDRAIL'].fields_by_name['description']._serialized_options = b'\272H\005r\003\030\200 '
-  _globals['_GUARDRAIL'].fields_by_name['implementation']._loaded_options = None
-  _globals['_GUARDRAIL'].fields_by_name['implementation']._serialized_options = b'\342A\001\002\272H\007\202\001\004\020\001 \000'
+  _globals['_GUARDRAIL'].fields_by_name['override_message']._loaded_options = None
+  _globals['_GUARDRAIL'].fields_by_name['override_message']._serialized_options = b'\272H\006r\004\030\200\200\001'
+  _globals['_REGEXCHECK'].fields_by_name['pattern']._loaded_options = None
+  _globals['_REGEXCHECK'].fields_by_name['pattern']._serialized_options = b'\342A\001\002\272H\007r\005\020\001\030\200 '
+  _globals['_REGEXCHECK'].fields_by_name['action']._loaded_options = None
+  _globals['_REGEXCHECK'].fields_by_name['action']._serialized_options = b'\342A\001\002\272H\007\202\001\004\020\001 \000'
+  _globals['_BUILTINCHECK'].oneofs_by_name['detector']._loaded_options = None
+  _globals['_BUILTINCHECK'].oneofs_by_name['detector']._serialized_options = b'\272H\002\010\001'
+  _globals['_PIIDETECTOR'].fields_by_name['kinds']._loaded_options = None
+  _globals['_PIIDETECTOR'].fields_by_name['kinds']._serialized_options = b'\272H\016\222\001\013\030\001\"\007\202\001\004\020\001 \000'
+  _globals['_PROMPTINJECTIONDETECTOR'].fields_by_name['extra_phrases']._loaded_options = None
+  _globals['_PROMPTINJECTIONDETECTOR'].fields_by_name['extra_phrases']._serialized_options = b'\272H\017\222\001\014\020\200\002\"\007r\005\020\001\030\200\004'
+  _globals['_MAXLENGTH'].fields_by_name['max_chars']._loaded_options = None
+  _globals['_MAXLENGTH'].fields_by_name['max_chars']._serialized_options = b'\272H\004\032\002 \000'
+  _globals['_BLOCKEDTERMS'].fields_by_name['terms']._loaded_options = None
+  _globals['_BLOCKEDTERMS'].fields_by_name['terms']._serialized_options = b'\272H\021\222\001\016\010\001\020\350\007\"\007r\005\020\001\030\200\002'
+  _globals['_JSONSCHEMACONFORMANCE'].fields_by_name['schema']._loaded_options = None
+  _globals['_JSONSCHEMACONFORMANCE'].fields_by_name['schema']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_CODECHECK'].fields_by_name['source']._loaded_options = None
+  _globals['_CODECHECK'].fields_by_name['source']._serialized_options = b'\342A\001\002\272H\010r\006\020\001\030\240\215\006'
+  _globals['_CODECHECK'].fields_by_name['timeout']._loaded_options = None
+  _globals['_CODECHECK'].fields_by_name['timeout']._serialized_options = b'\272H\t\252\001\006\"\002\010<2\000'
+  _globals['_ENDPOINTCHECK'].fields_by_name['url']._loaded_options = None
+  _globals['_ENDPOINTCHECK'].fields_by_name['url']._serialized_options = b'\342A\001\002\272H\021r\017\030\200\0202\n^https?://'
+  _globals['_ENDPOINTCHECK'].fields_by_name['timeout']._loaded_options = None
+  _globals['_ENDPOINTCHECK'].fields_by_name['timeout']._serialized_options = b'\272H\t\252\001\006\"\002\010<2\000'
+  _globals['_AGENTCHECK'].fields_by_name['agent']._loaded_options = None
+  _globals['_AGENTCHECK'].fields_by_name['agent']._serialized_options = b'\342A\001\002\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['guardrails']._loaded_options = None
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['guardrails']._serialized_options = b'\272H\007\222\001\004\010\001\020@'
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['text']._loaded_options = None
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['text']._serialized_options = b'\272H\006r\004\030\200\200@'
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['stage']._loaded_options = None
   _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['stage']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
+  _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_EVALUATEGUARDRAILSREQUEST'].fields_by_name['agent']._serialized_options = b'\272H&r$\030\200\0012\037^$|^agents/[A-Za-z0-9_-]{1,64}$'
   _globals['_GUARDRAILSERVICE'].methods_by_name['EvaluateGuardrails']._loaded_options = None
   _globals['_GUARDRAILSERVICE'].methods_by_name['EvaluateGuardrails']._serialized_options = b'\202\323\344\223\002 \"\033/api/v1/guardrails:evaluate:\001*'
-  _globals['_GUARDRAILIMPLEMENTATION']._serialized_start=838
-  _globals['_GUARDRAILIMPLEMENTATION']._serialized_end=1089
-  _globals['_GUARDRAILSTAGE']._serialized_start=1091
-  _globals['_GUARDRAILSTAGE']._serialized_end=1195
-  _globals['_GUARDRAIL']._serialized_start=192
-  _globals['_GUARDRAIL']._serialized_end=395
-  _globals['_EVALUATEGUARDRAILSREQUEST']._serialized_start=398
-  _globals['_EVALUATEGUARDRAILSREQUEST']._serialized_end=601
-  _globals['_GUARDRAILRESULT']._serialized_start=603
-  _globals['_GUARDRAILRESULT']._serialized_end=718
-  _globals['_EVALUATEGUARDRAILSRESPONSE']._serialized_start=720
-  _globals['_EVALUATEGUARDRAILSRESPONSE']._serialized_end=835
-  _globals['_GUARDRAILSERVICE']._serialized_start=1198
-  _globals['_GUARDRAILSERVICE']._serialized_end=1384
+  _globals['_GUARDRAILSTAGE']._serialized_start=2493
+  _globals['_GUARDRAILSTAGE']._serialized_end=2597
+  _globals['_GUARDRAIL']._serialized_start=224
+  _globals['_GUARDRAIL']._serialized_end=627
+  _globals['_REGEXCHECK']._serialized_start=630
+  _globals['_REGEXCHECK']._serialized_end=821
+  _globals['_REGEXCHECK_ACTION']._serialized_start=753
+  _globals['_REGEXCHECK_ACTION']._serialized_end=821
+  _globals['_BUILTINCHECK']._serialized_start=824
+  _globals['_BUILTINCHECK']._serialized_end=1242
+  _globals['_PIIDETECTOR']._serialized_start=1245
+  _globals['_PIIDETECTOR']._serialized_end=1435
+  _globals['_PIIDETECTOR_KIND']._serialized_start=1337
+  _globals['_PIIDETECTOR_KIND']._serialized_end=1435
+  _globals['_SECRETSDETECTOR']._serialized_start=1437
+  _globals['_SECRETSDETECTOR']._serialized_end=1454
+  _globals['_PROMPTINJECTIONDETECTOR']._serialized_start=1456
+  _globals['_PROMPTINJECTIONDETECTOR']._serialized_end=1524
+  _globals['_MAXLENGTH']._serialized_start=1526
+  _globals['_MAXLENGTH']._serialized_end=1565
+  _globals['_BLOCKEDTERMS']._serialized_start=1567
+  _globals['_BLOCKEDTERMS']._serialized_end=1642
+  _globals['_JSONSCHEMACONFORMANCE']._serialized_start=1644
+  _globals['_JSONSCHEMACONFORMANCE']._serialized_end=1720
+  _globals['_CODECHECK']._serialized_start=1722
+  _globals['_CODECHECK']._serialized_end=1824
+  _globals['_ENDPOINTCHECK']._serialized_start=1826
+  _globals['_ENDPOINTCHECK']._serialized_end=1938
+  _globals['_AGENTCHECK']._serialized_start=1940
+  _globals['_AGENTCHECK']._serialized_end=2008
+  _globals['_EVALUATEGUARDRAILSREQUEST']._serialized_start=2011
+  _globals['_EVALUATEGUARDRAILSREQUEST']._serialized_end=2257
+  _globals['_GUARDRAILRESULT']._serialized_start=2259
+  _globals['_GUARDRAILRESULT']._serialized_end=2374
+  _globals['_EVALUATEGUARDRAILSRESPONSE']._serialized_start=2376
+  _globals['_EVALUATEGUARDRAILSRESPONSE']._serialized_end=2491
+  _globals['_GUARDRAILSERVICE']._serialized_start=2600
+  _globals['_GUARDRAILSERVICE']._serialized_end=2786
 # @@protoc_insertion_point(module_scope)

@@ -49,8 +49,8 @@ class GuardrailServiceServicer:
     """
 
     def EvaluateGuardrails(self, request, context):
-        """Runs every guardrail against the text; stops at nothing, so the caller
-        sees each result.
+        """Runs every guardrail against the text concurrently and returns each result;
+        it stops at nothing, so the caller sees them all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentmesh.gen.common.v1 import options_pb2 as agentmesh_dot_common_dot_v1_dot_options__pb2
 from agentmesh.gen.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -29,17 +30,18 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&agentmesh/providers/v1/providers.proto\x12\x16\x61gentmesh.providers.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x04\n\x08Provider\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x43\n\x04type\x18\x03 \x01(\x0e\x32$.agentmesh.providers.v1.ProviderTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12)\n\x08\x62\x61se_url\x18\x04 \x01(\tB\x17\xbaH\x14r\x12\x18\x80\x10\x32\r^$|^https?://\x12\x1d\n\x07\x61pi_key\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x04\xbaH\x05r\x03\x18\x80 \x12\x1a\n\x0c\x61pi_key_hint\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x06models\x18\x07 \x03(\tB\x12\xbaH\x0f\x92\x01\x0c\x10\x80\x02\"\x07r\x05\x10\x01\x18\x80\x02\x12\x1f\n\rdefault_model\x18\x08 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1e\n\x0corganization\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x32\n\x11\x61\x64\x64itional_config\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x0b \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t:F\xea\x41\x43\n\x16\x61gentmesh.dev/Provider\x12\x14providers/{provider}*\tproviders2\x08provider\"\xe8\x01\n\x0b\x43redentials\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x32\n\x04type\x18\x02 \x01(\x0e\x32$.agentmesh.providers.v1.ProviderType\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x14\n\x0corganization\x18\x05 \x01(\t\x12\x15\n\rdefault_model\x18\x06 \x01(\t\x12\x32\n\x11\x61\x64\x64itional_config\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x08 \x01(\t\"W\n\x15\x43reateProviderRequest\x12>\n\x08provider\x18\x01 \x01(\x0b\x32 .agentmesh.providers.v1.ProviderB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"i\n\x12GetProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\"S\n\x14ListProvidersRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"e\n\x15ListProvidersResponse\x12\x33\n\tproviders\x18\x01 \x03(\x0b\x32 .agentmesh.providers.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x15UpdateProviderRequest\x12>\n\x08provider\x18\x01 \x01(\x0b\x32 .agentmesh.providers.v1.ProviderB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"l\n\x15\x44\x65leteProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\"\x83\x01\n\x13TestProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\x12\x17\n\x05model\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"\x87\x01\n\x14TestProviderResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x91\x01\n\x19ResolveCredentialsRequest\x12\x34\n\x04user\x18\x01 \x01(\tB&\xe2\x41\x01\x02\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12>\n\x08provider\x18\x02 \x01(\tB,\xbaH)r\'\x18\x80\x01\x32\"^$|^providers/[A-Za-z0-9_-]{1,64}$*\xd7\x01\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_TYPE_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_TYPE_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_TYPE_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_TYPE_GOOGLE\x10\x04\x12\x1d\n\x19PROVIDER_TYPE_HUGGINGFACE\x10\x05\x12\x18\n\x14PROVIDER_TYPE_CUSTOM\x10\x06\x32\xc3\x07\n\x0fProviderService\x12\x86\x01\n\x0e\x43reateProvider\x12-.agentmesh.providers.v1.CreateProviderRequest\x1a .agentmesh.providers.v1.Provider\"#\x82\xd3\xe4\x93\x02\x1d\"\x11/api/v1/providers:\x08provider\x12\x7f\n\x0bGetProvider\x12*.agentmesh.providers.v1.GetProviderRequest\x1a .agentmesh.providers.v1.Provider\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/{name=providers/*}\x12\x87\x01\n\rListProviders\x12,.agentmesh.providers.v1.ListProvidersRequest\x1a-.agentmesh.providers.v1.ListProvidersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/providers\x12\x98\x01\n\x0eUpdateProvider\x12-.agentmesh.providers.v1.UpdateProviderRequest\x1a .agentmesh.providers.v1.Provider\"5\x82\xd3\xe4\x93\x02/2#/api/v1/{provider.name=providers/*}:\x08provider\x12{\n\x0e\x44\x65leteProvider\x12-.agentmesh.providers.v1.DeleteProviderRequest\x1a\x16.google.protobuf.Empty\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/api/v1/{name=providers/*}\x12\x95\x01\n\x0cTestProvider\x12+.agentmesh.providers.v1.TestProviderRequest\x1a,.agentmesh.providers.v1.TestProviderResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/api/v1/{name=providers/*}:test:\x01*\x12l\n\x12ResolveCredentials\x12\x31.agentmesh.providers.v1.ResolveCredentialsRequest\x1a#.agentmesh.providers.v1.Credentialsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&agentmesh/providers/v1/providers.proto\x12\x16\x61gentmesh.providers.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x07\n\x08Provider\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x43\n\x04type\x18\x03 \x01(\x0e\x32$.agentmesh.providers.v1.ProviderTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12)\n\x08\x62\x61se_url\x18\x04 \x01(\tB\x17\xbaH\x14r\x12\x18\x80\x10\x32\r^$|^https?://\x12\x1d\n\x07\x61pi_key\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x04\xbaH\x05r\x03\x18\x80 \x12\x1a\n\x0c\x61pi_key_hint\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x06models\x18\x07 \x03(\tB\x12\xbaH\x0f\x92\x01\x0c\x10\x80\x02\"\x07r\x05\x10\x01\x18\x80\x02\x12\x1f\n\rdefault_model\x18\x08 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1e\n\x0corganization\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t\x12u\n\rextra_headers\x18\x0f \x03(\x0b\x32\x32.agentmesh.providers.v1.Provider.ExtraHeadersEntryB*\xbaH\'\x9a\x01$\x10 \"\x19r\x17\x32\x15^[A-Za-z0-9-]{1,128}$*\x05r\x03\x18\x80\x08\x12\x43\n\x0c\x61zure_openai\x18\x10 \x01(\x0b\x32+.agentmesh.providers.v1.AzureOpenAISettingsH\x00\x12>\n\tanthropic\x18\x11 \x01(\x0b\x32).agentmesh.providers.v1.AnthropicSettingsH\x00\x1a\x33\n\x11\x45xtraHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:F\xea\x41\x43\n\x16\x61gentmesh.dev/Provider\x12\x14providers/{provider}*\tproviders2\x08providerB\n\n\x08settingsJ\x04\x08\n\x10\x0bR\x11\x61\x64\x64itional_configR\x07\x64\x65\x66\x61ult\"W\n\x13\x41zureOpenAISettings\x12\"\n\x0b\x61pi_version\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x1c\n\ndeployment\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"7\n\x11\x41nthropicSettings\x12\"\n\x11\x61nthropic_version\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x18@\"\xe1\x03\n\x0b\x43redentials\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x32\n\x04type\x18\x02 \x01(\x0e\x32$.agentmesh.providers.v1.ProviderType\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x14\n\x0corganization\x18\x05 \x01(\t\x12\x15\n\rdefault_model\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12L\n\rextra_headers\x18\t \x03(\x0b\x32\x35.agentmesh.providers.v1.Credentials.ExtraHeadersEntry\x12\x43\n\x0c\x61zure_openai\x18\n \x01(\x0b\x32+.agentmesh.providers.v1.AzureOpenAISettingsH\x00\x12>\n\tanthropic\x18\x0b \x01(\x0b\x32).agentmesh.providers.v1.AnthropicSettingsH\x00\x1a\x33\n\x11\x45xtraHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08settingsJ\x04\x08\x07\x10\x08R\x11\x61\x64\x64itional_config\"W\n\x15\x43reateProviderRequest\x12>\n\x08provider\x18\x01 \x01(\x0b\x32 .agentmesh.providers.v1.ProviderB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"i\n\x12GetProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\"S\n\x14ListProvidersRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"e\n\x15ListProvidersResponse\x12\x33\n\tproviders\x18\x01 \x03(\x0b\x32 .agentmesh.providers.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x15UpdateProviderRequest\x12>\n\x08provider\x18\x01 \x01(\x0b\x32 .agentmesh.providers.v1.ProviderB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"l\n\x15\x44\x65leteProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\"\x83\x01\n\x13TestProviderRequest\x12S\n\x04name\x18\x01 \x01(\tBE\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Provider\xbaH#r!2\x1f^providers/[A-Za-z0-9_-]{1,64}$\x12\x17\n\x05model\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"\x87\x01\n\x14TestProviderResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x91\x01\n\x19ResolveCredentialsRequest\x12\x34\n\x04user\x18\x01 \x01(\tB&\xe2\x41\x01\x02\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12>\n\x08provider\x18\x02 \x01(\tB,\xbaH)r\'\x18\x80\x01\x32\"^$|^providers/[A-Za-z0-9_-]{1,64}$*\xd7\x01\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_TYPE_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_TYPE_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_TYPE_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_TYPE_GOOGLE\x10\x04\x12\x1d\n\x19PROVIDER_TYPE_HUGGINGFACE\x10\x05\x12\x18\n\x14PROVIDER_TYPE_CUSTOM\x10\x06\x32\xc9\x07\n\x0fProviderService\x12\x86\x01\n\x0e\x43reateProvider\x12-.agentmesh.providers.v1.CreateProviderRequest\x1a .agentmesh.providers.v1.Provider\"#\x82\xd3\xe4\x93\x02\x1d\"\x11/api/v1/providers:\x08provider\x12\x7f\n\x0bGetProvider\x12*.agentmesh.providers.v1.GetProviderRequest\x1a .agentmesh.providers.v1.Provider\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/{name=providers/*}\x12\x87\x01\n\rListProviders\x12,.agentmesh.providers.v1.ListProvidersRequest\x1a-.agentmesh.providers.v1.ListProvidersResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/providers\x12\x98\x01\n\x0eUpdateProvider\x12-.agentmesh.providers.v1.UpdateProviderRequest\x1a .agentmesh.providers.v1.Provider\"5\x82\xd3\xe4\x93\x02/2#/api/v1/{provider.name=providers/*}:\x08provider\x12{\n\x0e\x44\x65leteProvider\x12-.agentmesh.providers.v1.DeleteProviderRequest\x1a\x16.google.protobuf.Empty\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/api/v1/{name=providers/*}\x12\x95\x01\n\x0cTestProvider\x12+.agentmesh.providers.v1.TestProviderRequest\x1a,.agentmesh.providers.v1.TestProviderResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/api/v1/{name=providers/*}:test:\x01*\x12r\n\x12ResolveCredentials\x12\x31.agentmesh.providers.v1.ResolveCredentialsRequest\x1a#.agentmesh.providers.v1.Credentials\"\x04\x88\xb5\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.gen.providers.v1.providers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROVIDER_EXTRAHEADERSENTRY']._loaded_options = None
+  _globals['_PROVIDER_EXTRAHEADERSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER'].fields_by_name['name']._loaded_options = None
   _globals['_PROVIDER'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_PROVIDER'].fields_by_name['display_name']._loaded_options = None
@@ -62,8 +64,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PROVIDER'].fields_by_name['update_time']._loaded_options = None
   _globals['_PROVIDER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROVIDER'].fields_by_name['extra_headers']._loaded_options = None
+  _globals['_PROVIDER'].fields_by_name['extra_headers']._serialized_options = b'\272H\'\232\001$\020 \"\031r\0272\025^[A-Za-z0-9-]{1,128}$*\005r\003\030\200\010'
   _globals['_PROVIDER']._loaded_options = None
   _globals['_PROVIDER']._serialized_options = b'\352AC\n\026agentmesh.dev/Provider\022\024providers/{provider}*\tproviders2\010provider'
+  _globals['_AZUREOPENAISETTINGS'].fields_by_name['api_version']._loaded_options = None
+  _globals['_AZUREOPENAISETTINGS'].fields_by_name['api_version']._serialized_options = b'\342A\001\002\272H\006r\004\020\001\030@'
+  _globals['_AZUREOPENAISETTINGS'].fields_by_name['deployment']._loaded_options = None
+  _globals['_AZUREOPENAISETTINGS'].fields_by_name['deployment']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_ANTHROPICSETTINGS'].fields_by_name['anthropic_version']._loaded_options = None
+  _globals['_ANTHROPICSETTINGS'].fields_by_name['anthropic_version']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_CREDENTIALS_EXTRAHEADERSENTRY']._loaded_options = None
+  _globals['_CREDENTIALS_EXTRAHEADERSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEPROVIDERREQUEST'].fields_by_name['provider']._loaded_options = None
   _globals['_CREATEPROVIDERREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
   _globals['_GETPROVIDERREQUEST'].fields_by_name['name']._loaded_options = None
@@ -98,30 +110,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERSERVICE'].methods_by_name['DeleteProvider']._serialized_options = b'\202\323\344\223\002\034*\032/api/v1/{name=providers/*}'
   _globals['_PROVIDERSERVICE'].methods_by_name['TestProvider']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['TestProvider']._serialized_options = b'\202\323\344\223\002$\"\037/api/v1/{name=providers/*}:test:\001*'
-  _globals['_PROVIDERTYPE']._serialized_start=2248
-  _globals['_PROVIDERTYPE']._serialized_end=2463
-  _globals['_PROVIDER']._serialized_start=344
-  _globals['_PROVIDER']._serialized_end=945
-  _globals['_CREDENTIALS']._serialized_start=948
-  _globals['_CREDENTIALS']._serialized_end=1180
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1182
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1269
-  _globals['_GETPROVIDERREQUEST']._serialized_start=1271
-  _globals['_GETPROVIDERREQUEST']._serialized_end=1376
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1378
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1461
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1463
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1564
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1567
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1715
-  _globals['_DELETEPROVIDERREQUEST']._serialized_start=1717
-  _globals['_DELETEPROVIDERREQUEST']._serialized_end=1825
-  _globals['_TESTPROVIDERREQUEST']._serialized_start=1828
-  _globals['_TESTPROVIDERREQUEST']._serialized_end=1959
-  _globals['_TESTPROVIDERRESPONSE']._serialized_start=1962
-  _globals['_TESTPROVIDERRESPONSE']._serialized_end=2097
-  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_start=2100
-  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_end=2245
-  _globals['_PROVIDERSERVICE']._serialized_start=2466
-  _globals['_PROVIDERSERVICE']._serialized_end=3429
+  _globals['_PROVIDERSERVICE'].methods_by_name['ResolveCredentials']._loaded_options = None
+  _globals['_PROVIDERSERVICE'].methods_by_name['ResolveCredentials']._serialized_options = b'\210\265\030\002'
+  _globals['_PROVIDERTYPE']._serialized_start=2950
+  _globals['_PROVIDERTYPE']._serialized_end=3165
+  _globals['_PROVIDER']._serialized_start=349
+  _globals['_PROVIDER']._serialized_end=1252
+  _globals['_PROVIDER_EXTRAHEADERSENTRY']._serialized_start=1083
+  _globals['_PROVIDER_EXTRAHEADERSENTRY']._serialized_end=1134
+  _globals['_AZUREOPENAISETTINGS']._serialized_start=1254
+  _globals['_AZUREOPENAISETTINGS']._serialized_end=1341
+  _globals['_ANTHROPICSETTINGS']._serialized_start=1343
+  _globals['_ANTHROPICSETTINGS']._serialized_end=1398
+  _globals['_CREDENTIALS']._serialized_start=1401
+  _globals['_CREDENTIALS']._serialized_end=1882
+  _globals['_CREDENTIALS_EXTRAHEADERSENTRY']._serialized_start=1083
+  _globals['_CREDENTIALS_EXTRAHEADERSENTRY']._serialized_end=1134
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1884
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1971
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1973
+  _globals['_GETPROVIDERREQUEST']._serialized_end=2078
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=2080
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=2163
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=2165
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=2266
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=2269
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=2417
+  _globals['_DELETEPROVIDERREQUEST']._serialized_start=2419
+  _globals['_DELETEPROVIDERREQUEST']._serialized_end=2527
+  _globals['_TESTPROVIDERREQUEST']._serialized_start=2530
+  _globals['_TESTPROVIDERREQUEST']._serialized_end=2661
+  _globals['_TESTPROVIDERRESPONSE']._serialized_start=2664
+  _globals['_TESTPROVIDERRESPONSE']._serialized_end=2799
+  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_start=2802
+  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_end=2947
+  _globals['_PROVIDERSERVICE']._serialized_start=3168
+  _globals['_PROVIDERSERVICE']._serialized_end=4137
 # @@protoc_insertion_point(module_scope)

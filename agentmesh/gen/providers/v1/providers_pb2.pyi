@@ -1,5 +1,6 @@
 import datetime
 
+from agentmesh.gen.common.v1 import options_pb2 as _options_pb2
 from agentmesh.gen.buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
@@ -7,7 +8,6 @@ from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -36,7 +36,14 @@ PROVIDER_TYPE_HUGGINGFACE: ProviderType
 PROVIDER_TYPE_CUSTOM: ProviderType
 
 class Provider(_message.Message):
-    __slots__ = ("name", "display_name", "type", "base_url", "api_key", "api_key_hint", "models", "default_model", "organization", "additional_config", "default", "create_time", "update_time", "etag")
+    __slots__ = ("name", "display_name", "type", "base_url", "api_key", "api_key_hint", "models", "default_model", "organization", "is_default", "create_time", "update_time", "etag", "extra_headers", "azure_openai", "anthropic")
+    class ExtraHeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -46,11 +53,13 @@ class Provider(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
-    ADDITIONAL_CONFIG_FIELD_NUMBER: _ClassVar[int]
-    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    AZURE_OPENAI_FIELD_NUMBER: _ClassVar[int]
+    ANTHROPIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     type: ProviderType
@@ -60,32 +69,59 @@ class Provider(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     default_model: str
     organization: str
-    additional_config: _struct_pb2.Struct
-    default: bool
+    is_default: bool
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., type: _Optional[_Union[ProviderType, str]] = ..., base_url: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., default_model: _Optional[str] = ..., organization: _Optional[str] = ..., additional_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., default: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    extra_headers: _containers.ScalarMap[str, str]
+    azure_openai: AzureOpenAISettings
+    anthropic: AnthropicSettings
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., type: _Optional[_Union[ProviderType, str]] = ..., base_url: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., default_model: _Optional[str] = ..., organization: _Optional[str] = ..., is_default: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., extra_headers: _Optional[_Mapping[str, str]] = ..., azure_openai: _Optional[_Union[AzureOpenAISettings, _Mapping]] = ..., anthropic: _Optional[_Union[AnthropicSettings, _Mapping]] = ...) -> None: ...
+
+class AzureOpenAISettings(_message.Message):
+    __slots__ = ("api_version", "deployment")
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    api_version: str
+    deployment: str
+    def __init__(self, api_version: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
+
+class AnthropicSettings(_message.Message):
+    __slots__ = ("anthropic_version",)
+    ANTHROPIC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    anthropic_version: str
+    def __init__(self, anthropic_version: _Optional[str] = ...) -> None: ...
 
 class Credentials(_message.Message):
-    __slots__ = ("provider", "type", "base_url", "api_key", "organization", "default_model", "additional_config", "version")
+    __slots__ = ("provider", "type", "base_url", "api_key", "organization", "default_model", "version", "extra_headers", "azure_openai", "anthropic")
+    class ExtraHeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
-    ADDITIONAL_CONFIG_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    AZURE_OPENAI_FIELD_NUMBER: _ClassVar[int]
+    ANTHROPIC_FIELD_NUMBER: _ClassVar[int]
     provider: str
     type: ProviderType
     base_url: str
     api_key: str
     organization: str
     default_model: str
-    additional_config: _struct_pb2.Struct
     version: str
-    def __init__(self, provider: _Optional[str] = ..., type: _Optional[_Union[ProviderType, str]] = ..., base_url: _Optional[str] = ..., api_key: _Optional[str] = ..., organization: _Optional[str] = ..., default_model: _Optional[str] = ..., additional_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    extra_headers: _containers.ScalarMap[str, str]
+    azure_openai: AzureOpenAISettings
+    anthropic: AnthropicSettings
+    def __init__(self, provider: _Optional[str] = ..., type: _Optional[_Union[ProviderType, str]] = ..., base_url: _Optional[str] = ..., api_key: _Optional[str] = ..., organization: _Optional[str] = ..., default_model: _Optional[str] = ..., version: _Optional[str] = ..., extra_headers: _Optional[_Mapping[str, str]] = ..., azure_openai: _Optional[_Union[AzureOpenAISettings, _Mapping]] = ..., anthropic: _Optional[_Union[AnthropicSettings, _Mapping]] = ...) -> None: ...
 
 class CreateProviderRequest(_message.Message):
     __slots__ = ("provider",)

@@ -118,8 +118,8 @@ class ProviderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveCredentials(self, request, context):
-        """Service-only: the credentials a run uses for a user's provider (or the
-        user's default, or the system default).
+        """The credentials a run uses for a user's provider (or the user's default, or
+        the system default). Service-only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentmesh.gen.common.v1 import options_pb2 as agentmesh_dot_common_dot_v1_dot_options__pb2
 from agentmesh.gen.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -31,7 +32,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#agentmesh/registry/v1/account.proto\x12\x15\x61gentmesh.registry.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12-\n\x05\x65mail\x18\x03 \x01(\tB\x1e\xbaH\x1br\x19\x18\xc0\x02\x32\x14^$|^[^@\\s]+@[^@\\s]+$\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:2\xea\x41/\n\x12\x61gentmesh.dev/User\x12\x0cusers/{user}*\x05users2\x04user\"\x9c\x02\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:J\xea\x41G\n\x14\x61gentmesh.dev/ApiKey\x12\x1eusers/{user}/apiKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey\"k\n\rCreditBalance\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x62\x61lance\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08reserved\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"Y\n\tPrincipal\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x0bReservation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x11\x43reateUserRequest\x12\x35\n\x04user\x18\x01 \x01(\x0b\x32\x1b.agentmesh.registry.v1.UserB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"]\n\x0eGetUserRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\"\x94\x01\n\x13\x43reateApiKeyRequest\x12M\n\x06parent\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12.\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1d.agentmesh.registry.v1.ApiKey\"\xa0\x01\n\x12ListApiKeysRequest\x12M\n\x06parent\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"_\n\x13ListApiKeysResponse\x12/\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1d.agentmesh.registry.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x01\n\x13\x44\x65leteApiKeyRequest\x12i\n\x04name\x18\x01 \x01(\tB[\xe2\x41\x01\x02\xfa\x41\x16\n\x14\x61gentmesh.dev/ApiKey\xbaH;r927^users/[A-Za-z0-9_-]{1,64}/apiKeys/[A-Za-z0-9_-]{1,64}$\"]\n\x17GetCreditBalanceRequest\x12\x42\n\x04name\x18\x01 \x01(\tB4\xe2\x41\x01\x02\xbaH-r+2)^users/[A-Za-z0-9_-]{1,64}/creditBalance$\"\xa7\x01\n\x13GrantCreditsRequest\x12K\n\x04user\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12)\n\x06\x61mount\x18\x02 \x01(\x03\x42\x19\xbaH\x16\"\x14\x18\x80\xa0\x94\xa5\x8d\x1d(\x80\xe0\xeb\xda\xf2\xe2\xff\xff\xff\x01\x38\x00\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"6\n\x13\x41uthenticateRequest\x12\x1f\n\x07\x61pi_key\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x02\"\xa5\x01\n\x15ReserveCreditsRequest\x12\x34\n\x04user\x18\x01 \x01(\tB&\xe2\x41\x01\x02\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12\x1e\n\x06\x61mount\x18\x02 \x01(\x03\x42\x0e\xbaH\x0b\"\t\x18\x80\xa0\x94\xa5\x8d\x1d \x00\x12\x36\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xa3\x05\x32\x00\"s\n\x14SettleCreditsRequest\x12\x42\n\x0breservation\x18\x01 \x01(\tB-\xe2\x41\x01\x02\xbaH&r$2\"^reservations/[A-Za-z0-9_-]{1,64}$\x12\x17\n\x06\x61mount\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"[\n\x15ReleaseCreditsRequest\x12\x42\n\x0breservation\x18\x01 \x01(\tB-\xe2\x41\x01\x02\xbaH&r$2\"^reservations/[A-Za-z0-9_-]{1,64}$2\xce\n\n\x0e\x41\x63\x63ountService\x12p\n\nCreateUser\x12(.agentmesh.registry.v1.CreateUserRequest\x1a\x1b.agentmesh.registry.v1.User\"\x1b\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/users:\x04user\x12m\n\x07GetUser\x12%.agentmesh.registry.v1.GetUserRequest\x1a\x1b.agentmesh.registry.v1.User\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=users/*}\x12\x8c\x01\n\x0c\x43reateApiKey\x12*.agentmesh.registry.v1.CreateApiKeyRequest\x1a\x1d.agentmesh.registry.v1.ApiKey\"1\x82\xd3\xe4\x93\x02+\" /api/v1/{parent=users/*}/apiKeys:\x07\x61pi_key\x12\x8e\x01\n\x0bListApiKeys\x12).agentmesh.registry.v1.ListApiKeysRequest\x1a*.agentmesh.registry.v1.ListApiKeysResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/{parent=users/*}/apiKeys\x12|\n\x0c\x44\x65leteApiKey\x12*.agentmesh.registry.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Empty\"(\x82\xd3\xe4\x93\x02\"* /api/v1/{name=users/*/apiKeys/*}\x12\x96\x01\n\x10GetCreditBalance\x12..agentmesh.registry.v1.GetCreditBalanceRequest\x1a$.agentmesh.registry.v1.CreditBalance\",\x82\xd3\xe4\x93\x02&\x12$/api/v1/{name=users/*/creditBalance}\x12\x97\x01\n\x0cGrantCredits\x12*.agentmesh.registry.v1.GrantCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalance\"5\x82\xd3\xe4\x93\x02/\"*/api/v1/{user=users/*}/creditBalance:grant:\x01*\x12\\\n\x0c\x41uthenticate\x12*.agentmesh.registry.v1.AuthenticateRequest\x1a .agentmesh.registry.v1.Principal\x12\x62\n\x0eReserveCredits\x12,.agentmesh.registry.v1.ReserveCreditsRequest\x1a\".agentmesh.registry.v1.Reservation\x12\x62\n\rSettleCredits\x12+.agentmesh.registry.v1.SettleCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalance\x12\x64\n\x0eReleaseCredits\x12,.agentmesh.registry.v1.ReleaseCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalanceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#agentmesh/registry/v1/account.proto\x12\x15\x61gentmesh.registry.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12-\n\x05\x65mail\x18\x03 \x01(\tB\x1e\xbaH\x1br\x19\x18\xc0\x02\x32\x14^$|^[^@\\s]+@[^@\\s]+$\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:2\xea\x41/\n\x12\x61gentmesh.dev/User\x12\x0cusers/{user}*\x05users2\x04user\"\x9c\x02\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:J\xea\x41G\n\x14\x61gentmesh.dev/ApiKey\x12\x1eusers/{user}/apiKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey\"k\n\rCreditBalance\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x62\x61lance\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08reserved\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"Y\n\tPrincipal\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x0bReservation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x11\x43reateUserRequest\x12\x35\n\x04user\x18\x01 \x01(\x0b\x32\x1b.agentmesh.registry.v1.UserB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"]\n\x0eGetUserRequest\x12K\n\x04name\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\"\x94\x01\n\x13\x43reateApiKeyRequest\x12M\n\x06parent\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12.\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1d.agentmesh.registry.v1.ApiKey\"\xa0\x01\n\x12ListApiKeysRequest\x12M\n\x06parent\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"_\n\x13ListApiKeysResponse\x12/\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1d.agentmesh.registry.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x01\n\x13\x44\x65leteApiKeyRequest\x12i\n\x04name\x18\x01 \x01(\tB[\xe2\x41\x01\x02\xfa\x41\x16\n\x14\x61gentmesh.dev/ApiKey\xbaH;r927^users/[A-Za-z0-9_-]{1,64}/apiKeys/[A-Za-z0-9_-]{1,64}$\"]\n\x17GetCreditBalanceRequest\x12\x42\n\x04name\x18\x01 \x01(\tB4\xe2\x41\x01\x02\xbaH-r+2)^users/[A-Za-z0-9_-]{1,64}/creditBalance$\"\xa7\x01\n\x13GrantCreditsRequest\x12K\n\x04user\x18\x01 \x01(\tB=\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x61gentmesh.dev/User\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12)\n\x06\x61mount\x18\x02 \x01(\x03\x42\x19\xbaH\x16\"\x14\x18\x80\xa0\x94\xa5\x8d\x1d(\x80\xe0\xeb\xda\xf2\xe2\xff\xff\xff\x01\x38\x00\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"6\n\x13\x41uthenticateRequest\x12\x1f\n\x07\x61pi_key\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x02\"\xa5\x01\n\x15ReserveCreditsRequest\x12\x34\n\x04user\x18\x01 \x01(\tB&\xe2\x41\x01\x02\xbaH\x1fr\x1d\x32\x1b^users/[A-Za-z0-9_-]{1,64}$\x12\x1e\n\x06\x61mount\x18\x02 \x01(\x03\x42\x0e\xbaH\x0b\"\t\x18\x80\xa0\x94\xa5\x8d\x1d \x00\x12\x36\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xa3\x05\x32\x00\"s\n\x14SettleCreditsRequest\x12\x42\n\x0breservation\x18\x01 \x01(\tB-\xe2\x41\x01\x02\xbaH&r$2\"^reservations/[A-Za-z0-9_-]{1,64}$\x12\x17\n\x06\x61mount\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"[\n\x15ReleaseCreditsRequest\x12\x42\n\x0breservation\x18\x01 \x01(\tB-\xe2\x41\x01\x02\xbaH&r$2\"^reservations/[A-Za-z0-9_-]{1,64}$2\xee\n\n\x0e\x41\x63\x63ountService\x12t\n\nCreateUser\x12(.agentmesh.registry.v1.CreateUserRequest\x1a\x1b.agentmesh.registry.v1.User\"\x1f\x88\xb5\x18\x01\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/users:\x04user\x12m\n\x07GetUser\x12%.agentmesh.registry.v1.GetUserRequest\x1a\x1b.agentmesh.registry.v1.User\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=users/*}\x12\x8c\x01\n\x0c\x43reateApiKey\x12*.agentmesh.registry.v1.CreateApiKeyRequest\x1a\x1d.agentmesh.registry.v1.ApiKey\"1\x82\xd3\xe4\x93\x02+\" /api/v1/{parent=users/*}/apiKeys:\x07\x61pi_key\x12\x8e\x01\n\x0bListApiKeys\x12).agentmesh.registry.v1.ListApiKeysRequest\x1a*.agentmesh.registry.v1.ListApiKeysResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/{parent=users/*}/apiKeys\x12|\n\x0c\x44\x65leteApiKey\x12*.agentmesh.registry.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Empty\"(\x82\xd3\xe4\x93\x02\"* /api/v1/{name=users/*/apiKeys/*}\x12\x96\x01\n\x10GetCreditBalance\x12..agentmesh.registry.v1.GetCreditBalanceRequest\x1a$.agentmesh.registry.v1.CreditBalance\",\x82\xd3\xe4\x93\x02&\x12$/api/v1/{name=users/*/creditBalance}\x12\x9b\x01\n\x0cGrantCredits\x12*.agentmesh.registry.v1.GrantCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalance\"9\x88\xb5\x18\x01\x82\xd3\xe4\x93\x02/\"*/api/v1/{user=users/*}/creditBalance:grant:\x01*\x12\x62\n\x0c\x41uthenticate\x12*.agentmesh.registry.v1.AuthenticateRequest\x1a .agentmesh.registry.v1.Principal\"\x04\x88\xb5\x18\x02\x12h\n\x0eReserveCredits\x12,.agentmesh.registry.v1.ReserveCreditsRequest\x1a\".agentmesh.registry.v1.Reservation\"\x04\x88\xb5\x18\x02\x12h\n\rSettleCredits\x12+.agentmesh.registry.v1.SettleCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalance\"\x04\x88\xb5\x18\x02\x12j\n\x0eReleaseCredits\x12,.agentmesh.registry.v1.ReleaseCreditsRequest\x1a$.agentmesh.registry.v1.CreditBalance\"\x04\x88\xb5\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -105,7 +106,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASECREDITSREQUEST'].fields_by_name['reservation']._loaded_options = None
   _globals['_RELEASECREDITSREQUEST'].fields_by_name['reservation']._serialized_options = b'\342A\001\002\272H&r$2\"^reservations/[A-Za-z0-9_-]{1,64}$'
   _globals['_ACCOUNTSERVICE'].methods_by_name['CreateUser']._loaded_options = None
-  _globals['_ACCOUNTSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\202\323\344\223\002\025\"\r/api/v1/users:\004user'
+  _globals['_ACCOUNTSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\210\265\030\001\202\323\344\223\002\025\"\r/api/v1/users:\004user'
   _globals['_ACCOUNTSERVICE'].methods_by_name['GetUser']._loaded_options = None
   _globals['_ACCOUNTSERVICE'].methods_by_name['GetUser']._serialized_options = b'\202\323\344\223\002\030\022\026/api/v1/{name=users/*}'
   _globals['_ACCOUNTSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
@@ -117,41 +118,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCOUNTSERVICE'].methods_by_name['GetCreditBalance']._loaded_options = None
   _globals['_ACCOUNTSERVICE'].methods_by_name['GetCreditBalance']._serialized_options = b'\202\323\344\223\002&\022$/api/v1/{name=users/*/creditBalance}'
   _globals['_ACCOUNTSERVICE'].methods_by_name['GrantCredits']._loaded_options = None
-  _globals['_ACCOUNTSERVICE'].methods_by_name['GrantCredits']._serialized_options = b'\202\323\344\223\002/\"*/api/v1/{user=users/*}/creditBalance:grant:\001*'
-  _globals['_USER']._serialized_start=276
-  _globals['_USER']._serialized_end=505
-  _globals['_APIKEY']._serialized_start=508
-  _globals['_APIKEY']._serialized_end=792
-  _globals['_CREDITBALANCE']._serialized_start=794
-  _globals['_CREDITBALANCE']._serialized_end=901
-  _globals['_PRINCIPAL']._serialized_start=903
-  _globals['_PRINCIPAL']._serialized_end=992
-  _globals['_RESERVATION']._serialized_start=994
-  _globals['_RESERVATION']._serialized_end=1100
-  _globals['_CREATEUSERREQUEST']._serialized_start=1102
-  _globals['_CREATEUSERREQUEST']._serialized_end=1176
-  _globals['_GETUSERREQUEST']._serialized_start=1178
-  _globals['_GETUSERREQUEST']._serialized_end=1271
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1274
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1422
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1425
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1585
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1587
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1682
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1685
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1813
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=1815
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1908
-  _globals['_GRANTCREDITSREQUEST']._serialized_start=1911
-  _globals['_GRANTCREDITSREQUEST']._serialized_end=2078
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=2080
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=2134
-  _globals['_RESERVECREDITSREQUEST']._serialized_start=2137
-  _globals['_RESERVECREDITSREQUEST']._serialized_end=2302
-  _globals['_SETTLECREDITSREQUEST']._serialized_start=2304
-  _globals['_SETTLECREDITSREQUEST']._serialized_end=2419
-  _globals['_RELEASECREDITSREQUEST']._serialized_start=2421
-  _globals['_RELEASECREDITSREQUEST']._serialized_end=2512
-  _globals['_ACCOUNTSERVICE']._serialized_start=2515
-  _globals['_ACCOUNTSERVICE']._serialized_end=3873
+  _globals['_ACCOUNTSERVICE'].methods_by_name['GrantCredits']._serialized_options = b'\210\265\030\001\202\323\344\223\002/\"*/api/v1/{user=users/*}/creditBalance:grant:\001*'
+  _globals['_ACCOUNTSERVICE'].methods_by_name['Authenticate']._loaded_options = None
+  _globals['_ACCOUNTSERVICE'].methods_by_name['Authenticate']._serialized_options = b'\210\265\030\002'
+  _globals['_ACCOUNTSERVICE'].methods_by_name['ReserveCredits']._loaded_options = None
+  _globals['_ACCOUNTSERVICE'].methods_by_name['ReserveCredits']._serialized_options = b'\210\265\030\002'
+  _globals['_ACCOUNTSERVICE'].methods_by_name['SettleCredits']._loaded_options = None
+  _globals['_ACCOUNTSERVICE'].methods_by_name['SettleCredits']._serialized_options = b'\210\265\030\002'
+  _globals['_ACCOUNTSERVICE'].methods_by_name['ReleaseCredits']._loaded_options = None
+  _globals['_ACCOUNTSERVICE'].methods_by_name['ReleaseCredits']._serialized_options = b'\210\265\030\002'
+  _globals['_USER']._serialized_start=311
+  _globals['_USER']._serialized_end=540
+  _globals['_APIKEY']._serialized_start=543
+  _globals['_APIKEY']._serialized_end=827
+  _globals['_CREDITBALANCE']._serialized_start=829
+  _globals['_CREDITBALANCE']._serialized_end=936
+  _globals['_PRINCIPAL']._serialized_start=938
+  _globals['_PRINCIPAL']._serialized_end=1027
+  _globals['_RESERVATION']._serialized_start=1029
+  _globals['_RESERVATION']._serialized_end=1135
+  _globals['_CREATEUSERREQUEST']._serialized_start=1137
+  _globals['_CREATEUSERREQUEST']._serialized_end=1211
+  _globals['_GETUSERREQUEST']._serialized_start=1213
+  _globals['_GETUSERREQUEST']._serialized_end=1306
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1309
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1457
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1460
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1620
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1622
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1717
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1720
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1848
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=1850
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1943
+  _globals['_GRANTCREDITSREQUEST']._serialized_start=1946
+  _globals['_GRANTCREDITSREQUEST']._serialized_end=2113
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=2115
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=2169
+  _globals['_RESERVECREDITSREQUEST']._serialized_start=2172
+  _globals['_RESERVECREDITSREQUEST']._serialized_end=2337
+  _globals['_SETTLECREDITSREQUEST']._serialized_start=2339
+  _globals['_SETTLECREDITSREQUEST']._serialized_end=2454
+  _globals['_RELEASECREDITSREQUEST']._serialized_start=2456
+  _globals['_RELEASECREDITSREQUEST']._serialized_end=2547
+  _globals['_ACCOUNTSERVICE']._serialized_start=2550
+  _globals['_ACCOUNTSERVICE']._serialized_end=3940
 # @@protoc_insertion_point(module_scope)

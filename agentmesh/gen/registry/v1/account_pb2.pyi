@@ -1,5 +1,6 @@
 import datetime
 
+from agentmesh.gen.common.v1 import options_pb2 as _options_pb2
 from agentmesh.gen.buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2

@@ -30,6 +30,7 @@ class AccountServiceStub:
     """Users, API keys and credits. Users and grants are admin-only; a user may read
     itself (users/me) and manage its own keys. Authenticate and the credit
     reservation RPCs are service-only: they accept service credentials alone.
+    Who may call what is the `audience` option on each method.
     """
 
     def __init__(self, channel):
@@ -99,6 +100,7 @@ class AccountServiceServicer:
     """Users, API keys and credits. Users and grants are admin-only; a user may read
     itself (users/me) and manage its own keys. Authenticate and the credit
     reservation RPCs are service-only: they accept service credentials alone.
+    Who may call what is the `audience` option on each method.
     """
 
     def CreateUser(self, request, context):
@@ -140,21 +142,20 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GrantCredits(self, request, context):
-        """Admin only.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Authenticate(self, request, context):
-        """Service-only: who holds this API key.
+        """Who holds this API key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReserveCredits(self, request, context):
-        """Service-only: holds credits for a run. Fails with RESOURCE_EXHAUSTED
+        """Holds credits for a run. Fails with RESOURCE_EXHAUSTED
         (QuotaFailure) when the available balance cannot cover the amount; the
         balance never goes negative.
         """
@@ -163,7 +164,7 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SettleCredits(self, request, context):
-        """Service-only: charges what was used (at most the reserved amount) and
+        """Charges what was used (at most the reserved amount) and
         returns the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -171,7 +172,7 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseCredits(self, request, context):
-        """Service-only: returns the whole reservation.
+        """Returns the whole reservation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +248,7 @@ class AccountService:
     """Users, API keys and credits. Users and grants are admin-only; a user may read
     itself (users/me) and manage its own keys. Authenticate and the credit
     reservation RPCs are service-only: they accept service credentials alone.
+    Who may call what is the `audience` option on each method.
     """
 
     @staticmethod

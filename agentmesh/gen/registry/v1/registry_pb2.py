@@ -27,13 +27,14 @@ from agentmesh.gen.buf.validate import validate_pb2 as buf_dot_validate_dot_vali
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentmesh/registry/v1/registry.proto\x12\x15\x61gentmesh.registry.v1\x1a(agentmesh/guardrails/v1/guardrails.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x06\n\x05\x41gent\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1f\n\x0cinstructions\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x18\xa0\x8d\x06\x12\x17\n\x05model\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12<\n\x0emodel_settings\x18\x05 \x01(\x0b\x32$.agentmesh.registry.v1.ModelSettings\x12%\n\x13handoff_description\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x35\n\x05tools\x18\x07 \x03(\x0b\x32\x1b.agentmesh.registry.v1.ToolB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x46\n\x10input_guardrails\x18\x08 \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\x08\xbaH\x05\x92\x01\x02\x10 \x12G\n\x11output_guardrails\x18\t \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\x08\xbaH\x05\x92\x01\x02\x10 \x12>\n\x08handoffs\x18\n \x03(\tB,\xbaH)\x92\x01&\x10 \x18\x01\" r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12,\n\x0boutput_type\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12V\n\x08metadata\x18\x0c \x03(\x0b\x32*.agentmesh.registry.v1.Agent.MetadataEntryB\x18\xbaH\x15\x9a\x01\x12\x10@\"\x07r\x05\x10\x01\x18\x80\x01*\x05r\x03\x18\x80\x08\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:7\xea\x41\x34\n\x13\x61gentmesh.dev/Agent\x12\x0e\x61gents/{agent}*\x06\x61gents2\x05\x61gent\"\x8a\x02\n\rModelSettings\x12\x1a\n\x08provider\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x31\n\x0btemperature\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x00\x88\x01\x01\x12+\n\x05top_p\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12 \n\nmax_tokens\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x02\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokens\"\xe2\x01\n\x04Tool\x12\x39\n\x04type\x18\x01 \x01(\x0e\x32\x1f.agentmesh.registry.v1.ToolTypeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12*\n\x04name\x18\x02 \x01(\tB\x1c\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x80\x02\n\x07\x43ontext\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\'\n\x06values\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:P\xea\x41M\n\x15\x61gentmesh.dev/Context\x12!agents/{agent}/contexts/{context}*\x08\x63ontexts2\x07\x63ontext\"M\n\x12\x43reateAgentRequest\x12\x37\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x1c.agentmesh.registry.v1.AgentB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"`\n\x0fGetAgentRequest\x12M\n\x04name\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"P\n\x11ListAgentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"[\n\x12ListAgentsResponse\x12,\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1c.agentmesh.registry.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x12UpdateAgentRequest\x12\x37\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x1c.agentmesh.registry.v1.AgentB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"q\n\x12\x44\x65leteAgentRequest\x12M\n\x04name\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\xb4\x01\n\x11\x41\x64\x64HandoffRequest\x12N\n\x05\x61gent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12O\n\x06target\x18\x02 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"\xb7\x01\n\x14RemoveHandoffRequest\x12N\n\x05\x61gent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12O\n\x06target\x18\x02 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"\xa4\x01\n\x14\x43reateContextRequest\x12O\n\x06parent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12;\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1e.agentmesh.registry.v1.ContextB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"\x81\x01\n\x11GetContextRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/Context\xbaH=r;29^agents/[A-Za-z0-9_-]{1,64}/contexts/[A-Za-z0-9_-]{1,64}$\"\xa3\x01\n\x13ListContextsRequest\x12O\n\x06parent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"a\n\x14ListContextsResponse\x12\x30\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x1e.agentmesh.registry.v1.Context\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x14\x44\x65leteContextRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/Context\xbaH=r;29^agents/[A-Za-z0-9_-]{1,64}/contexts/[A-Za-z0-9_-]{1,64}$*\xb2\x01\n\x08ToolType\x12\x19\n\x15TOOL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOOL_TYPE_FUNCTION\x10\x01\x12\x13\n\x0fTOOL_TYPE_AGENT\x10\x02\x12\x19\n\x15TOOL_TYPE_FILE_SEARCH\x10\x03\x12\x18\n\x14TOOL_TYPE_WEB_SEARCH\x10\x04\x12\x16\n\x12TOOL_TYPE_COMPUTER\x10\x05\x12\x11\n\rTOOL_TYPE_MCP\x10\x06\x32\xc1\x0b\n\x0fRegistryService\x12u\n\x0b\x43reateAgent\x12).agentmesh.registry.v1.CreateAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0e/api/v1/agents:\x05\x61gent\x12q\n\x08GetAgent\x12&.agentmesh.registry.v1.GetAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/{name=agents/*}\x12y\n\nListAgents\x12(.agentmesh.registry.v1.ListAgentsRequest\x1a).agentmesh.registry.v1.ListAgentsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x84\x01\n\x0bUpdateAgent\x12).agentmesh.registry.v1.UpdateAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\",\x82\xd3\xe4\x93\x02&2\x1d/api/v1/{agent.name=agents/*}:\x05\x61gent\x12q\n\x0b\x44\x65leteAgent\x12).agentmesh.registry.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Empty\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/{name=agents/*}\x12\x82\x01\n\nAddHandoff\x12(.agentmesh.registry.v1.AddHandoffRequest\x1a\x1c.agentmesh.registry.v1.Agent\",\x82\xd3\xe4\x93\x02&\"!/api/v1/{agent=agents/*}/handoffs:\x01*\x12\x97\x01\n\rRemoveHandoff\x12+.agentmesh.registry.v1.RemoveHandoffRequest\x1a\x1c.agentmesh.registry.v1.Agent\";\x82\xd3\xe4\x93\x02\x35*3/api/v1/{agent=agents/*}/handoffs/{target=agents/*}\x12\x91\x01\n\rCreateContext\x12+.agentmesh.registry.v1.CreateContextRequest\x1a\x1e.agentmesh.registry.v1.Context\"3\x82\xd3\xe4\x93\x02-\"\"/api/v1/{parent=agents/*}/contexts:\x07\x63ontext\x12\x82\x01\n\nGetContext\x12(.agentmesh.registry.v1.GetContextRequest\x1a\x1e.agentmesh.registry.v1.Context\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/{name=agents/*/contexts/*}\x12\x93\x01\n\x0cListContexts\x12*.agentmesh.registry.v1.ListContextsRequest\x1a+.agentmesh.registry.v1.ListContextsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/{parent=agents/*}/contexts\x12\x80\x01\n\rDeleteContext\x12+.agentmesh.registry.v1.DeleteContextRequest\x1a\x16.google.protobuf.Empty\"*\x82\xd3\xe4\x93\x02$*\"/api/v1/{name=agents/*/contexts/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentmesh/registry/v1/registry.proto\x12\x15\x61gentmesh.registry.v1\x1a(agentmesh/guardrails/v1/guardrails.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x07\n\x05\x41gent\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1f\n\x0cinstructions\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x18\xa0\x8d\x06\x12\x17\n\x05model\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12<\n\x0emodel_settings\x18\x05 \x01(\x0b\x32$.agentmesh.registry.v1.ModelSettings\x12%\n\x13handoff_description\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x35\n\x05tools\x18\x07 \x03(\x0b\x32\x1b.agentmesh.registry.v1.ToolB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x46\n\x10input_guardrails\x18\x08 \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\x08\xbaH\x05\x92\x01\x02\x10 \x12G\n\x11output_guardrails\x18\t \x03(\x0b\x32\".agentmesh.guardrails.v1.GuardrailB\x08\xbaH\x05\x92\x01\x02\x10 \x12>\n\x08handoffs\x18\n \x03(\tB,\xbaH)\x92\x01&\x10 \x18\x01\" r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12,\n\x0boutput_type\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12V\n\x08metadata\x18\x0c \x03(\x0b\x32*.agentmesh.registry.v1.Agent.MetadataEntryB\x18\xbaH\x15\x9a\x01\x12\x10@\"\x07r\x05\x10\x01\x18\x80\x01*\x05r\x03\x18\x80\x08\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12\x19\n\x0brevision_id\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12>\n\x14revision_create_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12$\n\x13max_credits_per_run\x18\x12 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:7\xea\x41\x34\n\x13\x61gentmesh.dev/Agent\x12\x0e\x61gents/{agent}*\x06\x61gents2\x05\x61gent\"\xae\x02\n\rModelSettings\x12>\n\x08provider\x18\x01 \x01(\tB,\xbaH)r\'\x18\x80\x01\x32\"^$|^providers/[A-Za-z0-9_-]{1,64}$\x12\x31\n\x0btemperature\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x00\x88\x01\x01\x12+\n\x05top_p\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12 \n\nmax_tokens\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x02\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokens\"\xcc\x03\n\x04Tool\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$\x12\x1d\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12\x18\n\x10require_approval\x18\x03 \x01(\x08\x12\x37\n\x08\x66unction\x18\n \x01(\x0b\x32#.agentmesh.registry.v1.FunctionToolH\x00\x12\x31\n\x05\x61gent\x18\x0b \x01(\x0b\x32 .agentmesh.registry.v1.AgentToolH\x00\x12<\n\x0b\x66ile_search\x18\x0c \x01(\x0b\x32%.agentmesh.registry.v1.FileSearchToolH\x00\x12:\n\nweb_search\x18\r \x01(\x0b\x32$.agentmesh.registry.v1.WebSearchToolH\x00\x12\x37\n\x08\x63omputer\x18\x0e \x01(\x0b\x32#.agentmesh.registry.v1.ComputerToolH\x00\x12-\n\x03mcp\x18\x0f \x01(\x0b\x32\x1e.agentmesh.registry.v1.McpToolH\x00\x42\r\n\x04kind\x12\x05\xbaH\x02\x08\x01\"\xbe\x01\n\x0c\x46unctionTool\x12+\n\nparameters\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x04\x63ode\x18\x02 \x01(\x0b\x32#.agentmesh.registry.v1.CodeFunctionH\x00\x12\x33\n\x04http\x18\x03 \x01(\x0b\x32#.agentmesh.registry.v1.HttpFunctionH\x00\x42\x17\n\x0eimplementation\x12\x05\xbaH\x02\x08\x01\"\x89\x01\n\x0c\x43odeFunction\x12\x1f\n\x06source\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x06\x10\x01\x18\xa0\x8d\x06\x12\x39\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\r\xbaH\n\xaa\x01\x07\"\x03\x08\xac\x02\x32\x00\x12\x1d\n\tmemory_mb\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80 (\x00\"p\n\x0cHttpFunction\x12%\n\x03url\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xbaH\x11r\x0f\x18\x80\x10\x32\n^https?://\x12\x39\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\r\xbaH\n\xaa\x01\x07\"\x03\x08\xac\x02\x32\x00\"C\n\tAgentTool\x12\x36\n\x05\x61gent\x18\x01 \x01(\tB\'\xe2\x41\x01\x02\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"}\n\x0e\x46ileSearchTool\x12K\n\rvector_stores\x18\x01 \x03(\tB4\xbaH1\x92\x01.\x08\x01\x10\x10\x18\x01\"&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$\x12\x1e\n\x0bmax_results\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x32(\x00\"\xaa\x03\n\rWebSearchTool\x12W\n\x13search_context_size\x18\x01 \x01(\x0e\x32\x30.agentmesh.registry.v1.WebSearchTool.ContextSizeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12H\n\ruser_location\x18\x02 \x01(\x0b\x32\x31.agentmesh.registry.v1.WebSearchTool.UserLocation\x1a\x82\x01\n\x0cUserLocation\x12%\n\x07\x63ountry\x18\x01 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^$|^[A-Z]{2}$\x12\x18\n\x06region\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x16\n\x04\x63ity\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x19\n\x08timezone\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@\"q\n\x0b\x43ontextSize\x12\x1c\n\x18\x43ONTEXT_SIZE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ONTEXT_SIZE_LOW\x10\x01\x12\x17\n\x13\x43ONTEXT_SIZE_MEDIUM\x10\x02\x12\x15\n\x11\x43ONTEXT_SIZE_HIGH\x10\x03\"\x94\x01\n\x0c\x43omputerTool\x12\x44\n\x10\x61llowed_commands\x18\x01 \x03(\tB*\xbaH\'\x92\x01$\x08\x01\x10\x80\x01\x18\x01\"\x1br\x19\x32\x17^[A-Za-z0-9_.+-]{1,64}$\x12+\n\rblocked_paths\x18\x02 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x10\x80\x01\"\tr\x07\x18\x80\x08\x32\x02^/\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\x94\x01\n\x07McpTool\x12%\n\x03url\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xbaH\x11r\x0f\x18\x80\x10\x32\n^https?://\x12+\n\rallowed_tools\x18\x02 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x10\x80\x02\x18\x01\"\x07r\x05\x10\x01\x18\x80\x01\x12\x35\n\x17\x61pproval_required_tools\x18\x03 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x10\x80\x02\x18\x01\"\x07r\x05\x10\x01\x18\x80\x01\"\x83\x02\n\x07\x43ontext\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\'\n\x06values\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:P\xea\x41M\n\x15\x61gentmesh.dev/Context\x12!agents/{agent}/contexts/{context}*\x08\x63ontexts2\x07\x63ontext\"\x8c\x01\n\x12\x43reateAgentRequest\x12\x37\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x1c.agentmesh.registry.v1.AgentB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12=\n\x08\x61gent_id\x18\x02 \x01(\tB+\xbaH(r&2$^$|^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$\"w\n\x0fGetAgentRequest\x12\x64\n\x04name\x18\x01 \x01(\tBV\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH7r523^agents/[A-Za-z0-9_-]{1,64}(@[A-Za-z0-9_-]{1,64})?$\"P\n\x11ListAgentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"[\n\x12ListAgentsResponse\x12,\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1c.agentmesh.registry.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x12UpdateAgentRequest\x12\x37\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x1c.agentmesh.registry.v1.AgentB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"q\n\x12\x44\x65leteAgentRequest\x12M\n\x04name\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\xa7\x01\n\x19ListAgentRevisionsRequest\x12M\n\x04name\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"c\n\x1aListAgentRevisionsResponse\x12,\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1c.agentmesh.registry.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaa\x01\n\x14RollbackAgentRequest\x12M\n\x04name\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x35\n\x0brevision_id\x18\x02 \x01(\tB \xe2\x41\x01\x02\xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,64}$\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\xb4\x01\n\x11\x41\x64\x64HandoffRequest\x12N\n\x05\x61gent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12O\n\x06target\x18\x02 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"\xb7\x01\n\x14RemoveHandoffRequest\x12N\n\x05\x61gent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12O\n\x06target\x18\x02 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\"\xa4\x01\n\x14\x43reateContextRequest\x12O\n\x06parent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12;\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1e.agentmesh.registry.v1.ContextB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"\x81\x01\n\x11GetContextRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/Context\xbaH=r;29^agents/[A-Za-z0-9_-]{1,64}/contexts/[A-Za-z0-9_-]{1,64}$\"\xa3\x01\n\x13ListContextsRequest\x12O\n\x06parent\x18\x01 \x01(\tB?\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Agent\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"a\n\x14ListContextsResponse\x12\x30\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x1e.agentmesh.registry.v1.Context\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x14\x44\x65leteContextRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/Context\xbaH=r;29^agents/[A-Za-z0-9_-]{1,64}/contexts/[A-Za-z0-9_-]{1,64}$2\xf6\r\n\x0fRegistryService\x12u\n\x0b\x43reateAgent\x12).agentmesh.registry.v1.CreateAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0e/api/v1/agents:\x05\x61gent\x12q\n\x08GetAgent\x12&.agentmesh.registry.v1.GetAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/{name=agents/*}\x12y\n\nListAgents\x12(.agentmesh.registry.v1.ListAgentsRequest\x1a).agentmesh.registry.v1.ListAgentsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x84\x01\n\x0bUpdateAgent\x12).agentmesh.registry.v1.UpdateAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\",\x82\xd3\xe4\x93\x02&2\x1d/api/v1/{agent.name=agents/*}:\x05\x61gent\x12q\n\x0b\x44\x65leteAgent\x12).agentmesh.registry.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Empty\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/{name=agents/*}\x12\xa8\x01\n\x12ListAgentRevisions\x12\x30.agentmesh.registry.v1.ListAgentRevisionsRequest\x1a\x31.agentmesh.registry.v1.ListAgentRevisionsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/v1/{name=agents/*}:listRevisions\x12\x87\x01\n\rRollbackAgent\x12+.agentmesh.registry.v1.RollbackAgentRequest\x1a\x1c.agentmesh.registry.v1.Agent\"+\x82\xd3\xe4\x93\x02%\" /api/v1/{name=agents/*}:rollback:\x01*\x12\x82\x01\n\nAddHandoff\x12(.agentmesh.registry.v1.AddHandoffRequest\x1a\x1c.agentmesh.registry.v1.Agent\",\x82\xd3\xe4\x93\x02&\"!/api/v1/{agent=agents/*}/handoffs:\x01*\x12\x97\x01\n\rRemoveHandoff\x12+.agentmesh.registry.v1.RemoveHandoffRequest\x1a\x1c.agentmesh.registry.v1.Agent\";\x82\xd3\xe4\x93\x02\x35*3/api/v1/{agent=agents/*}/handoffs/{target=agents/*}\x12\x91\x01\n\rCreateContext\x12+.agentmesh.registry.v1.CreateContextRequest\x1a\x1e.agentmesh.registry.v1.Context\"3\x82\xd3\xe4\x93\x02-\"\"/api/v1/{parent=agents/*}/contexts:\x07\x63ontext\x12\x82\x01\n\nGetContext\x12(.agentmesh.registry.v1.GetContextRequest\x1a\x1e.agentmesh.registry.v1.Context\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/{name=agents/*/contexts/*}\x12\x93\x01\n\x0cListContexts\x12*.agentmesh.registry.v1.ListContextsRequest\x1a+.agentmesh.registry.v1.ListContextsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/{parent=agents/*}/contexts\x12\x80\x01\n\rDeleteContext\x12+.agentmesh.registry.v1.DeleteContextRequest\x1a\x16.google.protobuf.Empty\"*\x82\xd3\xe4\x93\x02$*\"/api/v1/{name=agents/*/contexts/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,22 +67,66 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_AGENT'].fields_by_name['update_time']._loaded_options = None
   _globals['_AGENT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['revision_id']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['revision_id']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['revision_create_time']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['revision_create_time']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['max_credits_per_run']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['max_credits_per_run']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_AGENT']._loaded_options = None
   _globals['_AGENT']._serialized_options = b'\352A4\n\023agentmesh.dev/Agent\022\016agents/{agent}*\006agents2\005agent'
   _globals['_MODELSETTINGS'].fields_by_name['provider']._loaded_options = None
-  _globals['_MODELSETTINGS'].fields_by_name['provider']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_MODELSETTINGS'].fields_by_name['provider']._serialized_options = b'\272H)r\'\030\200\0012\"^$|^providers/[A-Za-z0-9_-]{1,64}$'
   _globals['_MODELSETTINGS'].fields_by_name['temperature']._loaded_options = None
   _globals['_MODELSETTINGS'].fields_by_name['temperature']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\000@)\000\000\000\000\000\000\000\000'
   _globals['_MODELSETTINGS'].fields_by_name['top_p']._loaded_options = None
   _globals['_MODELSETTINGS'].fields_by_name['top_p']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\360?)\000\000\000\000\000\000\000\000'
   _globals['_MODELSETTINGS'].fields_by_name['max_tokens']._loaded_options = None
   _globals['_MODELSETTINGS'].fields_by_name['max_tokens']._serialized_options = b'\272H\004\032\002 \000'
-  _globals['_TOOL'].fields_by_name['type']._loaded_options = None
-  _globals['_TOOL'].fields_by_name['type']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
+  _globals['_TOOL'].oneofs_by_name['kind']._loaded_options = None
+  _globals['_TOOL'].oneofs_by_name['kind']._serialized_options = b'\272H\002\010\001'
   _globals['_TOOL'].fields_by_name['name']._loaded_options = None
-  _globals['_TOOL'].fields_by_name['name']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
+  _globals['_TOOL'].fields_by_name['name']._serialized_options = b'\342A\001\002\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_TOOL'].fields_by_name['description']._loaded_options = None
   _globals['_TOOL'].fields_by_name['description']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_FUNCTIONTOOL'].oneofs_by_name['implementation']._loaded_options = None
+  _globals['_FUNCTIONTOOL'].oneofs_by_name['implementation']._serialized_options = b'\272H\002\010\001'
+  _globals['_CODEFUNCTION'].fields_by_name['source']._loaded_options = None
+  _globals['_CODEFUNCTION'].fields_by_name['source']._serialized_options = b'\342A\001\002\272H\010r\006\020\001\030\240\215\006'
+  _globals['_CODEFUNCTION'].fields_by_name['timeout']._loaded_options = None
+  _globals['_CODEFUNCTION'].fields_by_name['timeout']._serialized_options = b'\272H\n\252\001\007\"\003\010\254\0022\000'
+  _globals['_CODEFUNCTION'].fields_by_name['memory_mb']._loaded_options = None
+  _globals['_CODEFUNCTION'].fields_by_name['memory_mb']._serialized_options = b'\272H\007\032\005\030\200 (\000'
+  _globals['_HTTPFUNCTION'].fields_by_name['url']._loaded_options = None
+  _globals['_HTTPFUNCTION'].fields_by_name['url']._serialized_options = b'\342A\001\002\272H\021r\017\030\200\0202\n^https?://'
+  _globals['_HTTPFUNCTION'].fields_by_name['timeout']._loaded_options = None
+  _globals['_HTTPFUNCTION'].fields_by_name['timeout']._serialized_options = b'\272H\n\252\001\007\"\003\010\254\0022\000'
+  _globals['_AGENTTOOL'].fields_by_name['agent']._loaded_options = None
+  _globals['_AGENTTOOL'].fields_by_name['agent']._serialized_options = b'\342A\001\002\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_FILESEARCHTOOL'].fields_by_name['vector_stores']._loaded_options = None
+  _globals['_FILESEARCHTOOL'].fields_by_name['vector_stores']._serialized_options = b'\272H1\222\001.\010\001\020\020\030\001\"&r$2\"^vectorStores/[A-Za-z0-9_-]{1,64}$'
+  _globals['_FILESEARCHTOOL'].fields_by_name['max_results']._loaded_options = None
+  _globals['_FILESEARCHTOOL'].fields_by_name['max_results']._serialized_options = b'\272H\006\032\004\0302(\000'
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['country']._loaded_options = None
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['country']._serialized_options = b'\272H\021r\0172\r^$|^[A-Z]{2}$'
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['region']._loaded_options = None
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['region']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['city']._loaded_options = None
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['city']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['timezone']._loaded_options = None
+  _globals['_WEBSEARCHTOOL_USERLOCATION'].fields_by_name['timezone']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_WEBSEARCHTOOL'].fields_by_name['search_context_size']._loaded_options = None
+  _globals['_WEBSEARCHTOOL'].fields_by_name['search_context_size']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_COMPUTERTOOL'].fields_by_name['allowed_commands']._loaded_options = None
+  _globals['_COMPUTERTOOL'].fields_by_name['allowed_commands']._serialized_options = b'\272H\'\222\001$\010\001\020\200\001\030\001\"\033r\0312\027^[A-Za-z0-9_.+-]{1,64}$'
+  _globals['_COMPUTERTOOL'].fields_by_name['blocked_paths']._loaded_options = None
+  _globals['_COMPUTERTOOL'].fields_by_name['blocked_paths']._serialized_options = b'\272H\021\222\001\016\020\200\001\"\tr\007\030\200\0102\002^/'
+  _globals['_MCPTOOL'].fields_by_name['url']._loaded_options = None
+  _globals['_MCPTOOL'].fields_by_name['url']._serialized_options = b'\342A\001\002\272H\021r\017\030\200\0202\n^https?://'
+  _globals['_MCPTOOL'].fields_by_name['allowed_tools']._loaded_options = None
+  _globals['_MCPTOOL'].fields_by_name['allowed_tools']._serialized_options = b'\272H\021\222\001\016\020\200\002\030\001\"\007r\005\020\001\030\200\001'
+  _globals['_MCPTOOL'].fields_by_name['approval_required_tools']._loaded_options = None
+  _globals['_MCPTOOL'].fields_by_name['approval_required_tools']._serialized_options = b'\272H\021\222\001\016\020\200\002\030\001\"\007r\005\020\001\030\200\001'
   _globals['_CONTEXT'].fields_by_name['name']._loaded_options = None
   _globals['_CONTEXT'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_CONTEXT'].fields_by_name['display_name']._loaded_options = None
@@ -92,8 +137,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT']._serialized_options = b'\352AM\n\025agentmesh.dev/Context\022!agents/{agent}/contexts/{context}*\010contexts2\007context'
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['agent_id']._serialized_options = b'\272H(r&2$^$|^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$'
   _globals['_GETAGENTREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_GETAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_GETAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H7r523^agents/[A-Za-z0-9_-]{1,64}(@[A-Za-z0-9_-]{1,64})?$'
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -104,6 +151,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEAGENTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
   _globals['_DELETEAGENTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_ROLLBACKAGENTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_ROLLBACKAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_ROLLBACKAGENTREQUEST'].fields_by_name['revision_id']._loaded_options = None
+  _globals['_ROLLBACKAGENTREQUEST'].fields_by_name['revision_id']._serialized_options = b'\342A\001\002\272H\031r\0272\025^[A-Za-z0-9_-]{1,64}$'
   _globals['_ADDHANDOFFREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_ADDHANDOFFREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Agent\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
   _globals['_ADDHANDOFFREQUEST'].fields_by_name['target']._loaded_options = None
@@ -136,6 +193,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYSERVICE'].methods_by_name['UpdateAgent']._serialized_options = b'\202\323\344\223\002&2\035/api/v1/{agent.name=agents/*}:\005agent'
   _globals['_REGISTRYSERVICE'].methods_by_name['DeleteAgent']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['DeleteAgent']._serialized_options = b'\202\323\344\223\002\031*\027/api/v1/{name=agents/*}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListAgentRevisions']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListAgentRevisions']._serialized_options = b'\202\323\344\223\002\'\022%/api/v1/{name=agents/*}:listRevisions'
+  _globals['_REGISTRYSERVICE'].methods_by_name['RollbackAgent']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['RollbackAgent']._serialized_options = b'\202\323\344\223\002%\" /api/v1/{name=agents/*}:rollback:\001*'
   _globals['_REGISTRYSERVICE'].methods_by_name['AddHandoff']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['AddHandoff']._serialized_options = b'\202\323\344\223\002&\"!/api/v1/{agent=agents/*}/handoffs:\001*'
   _globals['_REGISTRYSERVICE'].methods_by_name['RemoveHandoff']._loaded_options = None
@@ -148,44 +209,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYSERVICE'].methods_by_name['ListContexts']._serialized_options = b'\202\323\344\223\002$\022\"/api/v1/{parent=agents/*}/contexts'
   _globals['_REGISTRYSERVICE'].methods_by_name['DeleteContext']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['DeleteContext']._serialized_options = b'\202\323\344\223\002$*\"/api/v1/{name=agents/*/contexts/*}'
-  _globals['_TOOLTYPE']._serialized_start=3639
-  _globals['_TOOLTYPE']._serialized_end=3817
-  _globals['_AGENT']._serialized_start=351
-  _globals['_AGENT']._serialized_end=1203
-  _globals['_AGENT_METADATAENTRY']._serialized_start=1099
-  _globals['_AGENT_METADATAENTRY']._serialized_end=1146
-  _globals['_MODELSETTINGS']._serialized_start=1206
-  _globals['_MODELSETTINGS']._serialized_end=1472
-  _globals['_TOOL']._serialized_start=1475
-  _globals['_TOOL']._serialized_end=1701
-  _globals['_CONTEXT']._serialized_start=1704
-  _globals['_CONTEXT']._serialized_end=1960
-  _globals['_CREATEAGENTREQUEST']._serialized_start=1962
-  _globals['_CREATEAGENTREQUEST']._serialized_end=2039
-  _globals['_GETAGENTREQUEST']._serialized_start=2041
-  _globals['_GETAGENTREQUEST']._serialized_end=2137
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2139
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2219
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2221
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2312
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=2315
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=2453
-  _globals['_DELETEAGENTREQUEST']._serialized_start=2455
-  _globals['_DELETEAGENTREQUEST']._serialized_end=2568
-  _globals['_ADDHANDOFFREQUEST']._serialized_start=2571
-  _globals['_ADDHANDOFFREQUEST']._serialized_end=2751
-  _globals['_REMOVEHANDOFFREQUEST']._serialized_start=2754
-  _globals['_REMOVEHANDOFFREQUEST']._serialized_end=2937
-  _globals['_CREATECONTEXTREQUEST']._serialized_start=2940
-  _globals['_CREATECONTEXTREQUEST']._serialized_end=3104
-  _globals['_GETCONTEXTREQUEST']._serialized_start=3107
-  _globals['_GETCONTEXTREQUEST']._serialized_end=3236
-  _globals['_LISTCONTEXTSREQUEST']._serialized_start=3239
-  _globals['_LISTCONTEXTSREQUEST']._serialized_end=3402
-  _globals['_LISTCONTEXTSRESPONSE']._serialized_start=3404
-  _globals['_LISTCONTEXTSRESPONSE']._serialized_end=3501
-  _globals['_DELETECONTEXTREQUEST']._serialized_start=3504
-  _globals['_DELETECONTEXTREQUEST']._serialized_end=3636
-  _globals['_REGISTRYSERVICE']._serialized_start=3820
-  _globals['_REGISTRYSERVICE']._serialized_end=5293
+  _globals['_AGENT']._serialized_start=383
+  _globals['_AGENT']._serialized_end=1364
+  _globals['_AGENT_METADATAENTRY']._serialized_start=1260
+  _globals['_AGENT_METADATAENTRY']._serialized_end=1307
+  _globals['_MODELSETTINGS']._serialized_start=1367
+  _globals['_MODELSETTINGS']._serialized_end=1669
+  _globals['_TOOL']._serialized_start=1672
+  _globals['_TOOL']._serialized_end=2132
+  _globals['_FUNCTIONTOOL']._serialized_start=2135
+  _globals['_FUNCTIONTOOL']._serialized_end=2325
+  _globals['_CODEFUNCTION']._serialized_start=2328
+  _globals['_CODEFUNCTION']._serialized_end=2465
+  _globals['_HTTPFUNCTION']._serialized_start=2467
+  _globals['_HTTPFUNCTION']._serialized_end=2579
+  _globals['_AGENTTOOL']._serialized_start=2581
+  _globals['_AGENTTOOL']._serialized_end=2648
+  _globals['_FILESEARCHTOOL']._serialized_start=2650
+  _globals['_FILESEARCHTOOL']._serialized_end=2775
+  _globals['_WEBSEARCHTOOL']._serialized_start=2778
+  _globals['_WEBSEARCHTOOL']._serialized_end=3204
+  _globals['_WEBSEARCHTOOL_USERLOCATION']._serialized_start=2959
+  _globals['_WEBSEARCHTOOL_USERLOCATION']._serialized_end=3089
+  _globals['_WEBSEARCHTOOL_CONTEXTSIZE']._serialized_start=3091
+  _globals['_WEBSEARCHTOOL_CONTEXTSIZE']._serialized_end=3204
+  _globals['_COMPUTERTOOL']._serialized_start=3207
+  _globals['_COMPUTERTOOL']._serialized_end=3355
+  _globals['_MCPTOOL']._serialized_start=3358
+  _globals['_MCPTOOL']._serialized_end=3506
+  _globals['_CONTEXT']._serialized_start=3509
+  _globals['_CONTEXT']._serialized_end=3768
+  _globals['_CREATEAGENTREQUEST']._serialized_start=3771
+  _globals['_CREATEAGENTREQUEST']._serialized_end=3911
+  _globals['_GETAGENTREQUEST']._serialized_start=3913
+  _globals['_GETAGENTREQUEST']._serialized_end=4032
+  _globals['_LISTAGENTSREQUEST']._serialized_start=4034
+  _globals['_LISTAGENTSREQUEST']._serialized_end=4114
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=4116
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=4207
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=4210
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=4348
+  _globals['_DELETEAGENTREQUEST']._serialized_start=4350
+  _globals['_DELETEAGENTREQUEST']._serialized_end=4463
+  _globals['_LISTAGENTREVISIONSREQUEST']._serialized_start=4466
+  _globals['_LISTAGENTREVISIONSREQUEST']._serialized_end=4633
+  _globals['_LISTAGENTREVISIONSRESPONSE']._serialized_start=4635
+  _globals['_LISTAGENTREVISIONSRESPONSE']._serialized_end=4734
+  _globals['_ROLLBACKAGENTREQUEST']._serialized_start=4737
+  _globals['_ROLLBACKAGENTREQUEST']._serialized_end=4907
+  _globals['_ADDHANDOFFREQUEST']._serialized_start=4910
+  _globals['_ADDHANDOFFREQUEST']._serialized_end=5090
+  _globals['_REMOVEHANDOFFREQUEST']._serialized_start=5093
+  _globals['_REMOVEHANDOFFREQUEST']._serialized_end=5276
+  _globals['_CREATECONTEXTREQUEST']._serialized_start=5279
+  _globals['_CREATECONTEXTREQUEST']._serialized_end=5443
+  _globals['_GETCONTEXTREQUEST']._serialized_start=5446
+  _globals['_GETCONTEXTREQUEST']._serialized_end=5575
+  _globals['_LISTCONTEXTSREQUEST']._serialized_start=5578
+  _globals['_LISTCONTEXTSREQUEST']._serialized_end=5741
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_start=5743
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_end=5840
+  _globals['_DELETECONTEXTREQUEST']._serialized_start=5843
+  _globals['_DELETECONTEXTREQUEST']._serialized_end=5975
+  _globals['_REGISTRYSERVICE']._serialized_start=5978
+  _globals['_REGISTRYSERVICE']._serialized_end=7760
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ from agentmesh.gen.buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -18,25 +19,8 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ToolType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    TOOL_TYPE_UNSPECIFIED: _ClassVar[ToolType]
-    TOOL_TYPE_FUNCTION: _ClassVar[ToolType]
-    TOOL_TYPE_AGENT: _ClassVar[ToolType]
-    TOOL_TYPE_FILE_SEARCH: _ClassVar[ToolType]
-    TOOL_TYPE_WEB_SEARCH: _ClassVar[ToolType]
-    TOOL_TYPE_COMPUTER: _ClassVar[ToolType]
-    TOOL_TYPE_MCP: _ClassVar[ToolType]
-TOOL_TYPE_UNSPECIFIED: ToolType
-TOOL_TYPE_FUNCTION: ToolType
-TOOL_TYPE_AGENT: ToolType
-TOOL_TYPE_FILE_SEARCH: ToolType
-TOOL_TYPE_WEB_SEARCH: ToolType
-TOOL_TYPE_COMPUTER: ToolType
-TOOL_TYPE_MCP: ToolType
-
 class Agent(_message.Message):
-    __slots__ = ("name", "display_name", "instructions", "model", "model_settings", "handoff_description", "tools", "input_guardrails", "output_guardrails", "handoffs", "output_type", "metadata", "create_time", "update_time", "etag")
+    __slots__ = ("name", "display_name", "instructions", "model", "model_settings", "handoff_description", "tools", "input_guardrails", "output_guardrails", "handoffs", "output_type", "metadata", "create_time", "update_time", "etag", "revision_id", "revision_create_time", "max_credits_per_run")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +43,9 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_CREDITS_PER_RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     instructions: str
@@ -74,7 +61,10 @@ class Agent(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., handoff_description: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., input_guardrails: _Optional[_Iterable[_Union[_guardrails_pb2.Guardrail, _Mapping]]] = ..., output_guardrails: _Optional[_Iterable[_Union[_guardrails_pb2.Guardrail, _Mapping]]] = ..., handoffs: _Optional[_Iterable[str]] = ..., output_type: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    revision_id: str
+    revision_create_time: _timestamp_pb2.Timestamp
+    max_credits_per_run: int
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., model_settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., handoff_description: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., input_guardrails: _Optional[_Iterable[_Union[_guardrails_pb2.Guardrail, _Mapping]]] = ..., output_guardrails: _Optional[_Iterable[_Union[_guardrails_pb2.Guardrail, _Mapping]]] = ..., handoffs: _Optional[_Iterable[str]] = ..., output_type: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., revision_id: _Optional[str] = ..., revision_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_credits_per_run: _Optional[int] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
     __slots__ = ("provider", "temperature", "top_p", "max_tokens", "additional_params")
@@ -91,38 +81,139 @@ class ModelSettings(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., additional_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Tool(_message.Message):
-    __slots__ = ("type", "name", "description", "parameters", "params")
-    TYPE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("name", "description", "require_approval", "function", "agent", "file_search", "web_search", "computer", "mcp")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_FIELD_NUMBER: _ClassVar[int]
-    type: ToolType
+    REQUIRE_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    FILE_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    WEB_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    COMPUTER_FIELD_NUMBER: _ClassVar[int]
+    MCP_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
+    require_approval: bool
+    function: FunctionTool
+    agent: AgentTool
+    file_search: FileSearchTool
+    web_search: WebSearchTool
+    computer: ComputerTool
+    mcp: McpTool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., require_approval: _Optional[bool] = ..., function: _Optional[_Union[FunctionTool, _Mapping]] = ..., agent: _Optional[_Union[AgentTool, _Mapping]] = ..., file_search: _Optional[_Union[FileSearchTool, _Mapping]] = ..., web_search: _Optional[_Union[WebSearchTool, _Mapping]] = ..., computer: _Optional[_Union[ComputerTool, _Mapping]] = ..., mcp: _Optional[_Union[McpTool, _Mapping]] = ...) -> None: ...
+
+class FunctionTool(_message.Message):
+    __slots__ = ("parameters", "code", "http")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
     parameters: _struct_pb2.Struct
-    params: _struct_pb2.Struct
-    def __init__(self, type: _Optional[_Union[ToolType, str]] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    code: CodeFunction
+    http: HttpFunction
+    def __init__(self, parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., code: _Optional[_Union[CodeFunction, _Mapping]] = ..., http: _Optional[_Union[HttpFunction, _Mapping]] = ...) -> None: ...
+
+class CodeFunction(_message.Message):
+    __slots__ = ("source", "timeout", "memory_mb")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    timeout: _duration_pb2.Duration
+    memory_mb: int
+    def __init__(self, source: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+
+class HttpFunction(_message.Message):
+    __slots__ = ("url", "timeout")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, url: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AgentTool(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    def __init__(self, agent: _Optional[str] = ...) -> None: ...
+
+class FileSearchTool(_message.Message):
+    __slots__ = ("vector_stores", "max_results")
+    VECTOR_STORES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    vector_stores: _containers.RepeatedScalarFieldContainer[str]
+    max_results: int
+    def __init__(self, vector_stores: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class WebSearchTool(_message.Message):
+    __slots__ = ("search_context_size", "user_location")
+    class ContextSize(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        CONTEXT_SIZE_UNSPECIFIED: _ClassVar[WebSearchTool.ContextSize]
+        CONTEXT_SIZE_LOW: _ClassVar[WebSearchTool.ContextSize]
+        CONTEXT_SIZE_MEDIUM: _ClassVar[WebSearchTool.ContextSize]
+        CONTEXT_SIZE_HIGH: _ClassVar[WebSearchTool.ContextSize]
+    CONTEXT_SIZE_UNSPECIFIED: WebSearchTool.ContextSize
+    CONTEXT_SIZE_LOW: WebSearchTool.ContextSize
+    CONTEXT_SIZE_MEDIUM: WebSearchTool.ContextSize
+    CONTEXT_SIZE_HIGH: WebSearchTool.ContextSize
+    class UserLocation(_message.Message):
+        __slots__ = ("country", "region", "city", "timezone")
+        COUNTRY_FIELD_NUMBER: _ClassVar[int]
+        REGION_FIELD_NUMBER: _ClassVar[int]
+        CITY_FIELD_NUMBER: _ClassVar[int]
+        TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+        country: str
+        region: str
+        city: str
+        timezone: str
+        def __init__(self, country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
+    SEARCH_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    USER_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    search_context_size: WebSearchTool.ContextSize
+    user_location: WebSearchTool.UserLocation
+    def __init__(self, search_context_size: _Optional[_Union[WebSearchTool.ContextSize, str]] = ..., user_location: _Optional[_Union[WebSearchTool.UserLocation, _Mapping]] = ...) -> None: ...
+
+class ComputerTool(_message.Message):
+    __slots__ = ("allowed_commands", "blocked_paths", "read_only")
+    ALLOWED_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    allowed_commands: _containers.RepeatedScalarFieldContainer[str]
+    blocked_paths: _containers.RepeatedScalarFieldContainer[str]
+    read_only: bool
+    def __init__(self, allowed_commands: _Optional[_Iterable[str]] = ..., blocked_paths: _Optional[_Iterable[str]] = ..., read_only: _Optional[bool] = ...) -> None: ...
+
+class McpTool(_message.Message):
+    __slots__ = ("url", "allowed_tools", "approval_required_tools")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_REQUIRED_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    allowed_tools: _containers.RepeatedScalarFieldContainer[str]
+    approval_required_tools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, url: _Optional[str] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Context(_message.Message):
-    __slots__ = ("name", "display_name", "values", "default", "create_time")
+    __slots__ = ("name", "display_name", "values", "is_default", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
-    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     values: _struct_pb2.Struct
-    default: bool
+    is_default: bool
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., default: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., is_default: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("agent",)
+    __slots__ = ("agent", "agent_id")
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ...) -> None: ...
+    agent_id: str
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class GetAgentRequest(_message.Message):
     __slots__ = ("name",)
@@ -161,6 +252,34 @@ class DeleteAgentRequest(_message.Message):
     name: str
     etag: str
     def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class ListAgentRevisionsRequest(_message.Message):
+    __slots__ = ("name", "page_size", "page_token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    page_size: int
+    page_token: str
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAgentRevisionsResponse(_message.Message):
+    __slots__ = ("agents", "next_page_token")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[Agent]
+    next_page_token: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RollbackAgentRequest(_message.Message):
+    __slots__ = ("name", "revision_id", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision_id: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., revision_id: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class AddHandoffRequest(_message.Message):
     __slots__ = ("agent", "target")

@@ -62,6 +62,16 @@ class RegistryServiceStub:
                 request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.DeleteAgentRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListAgentRevisions = channel.unary_unary(
+                '/agentmesh.registry.v1.RegistryService/ListAgentRevisions',
+                request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackAgent = channel.unary_unary(
+                '/agentmesh.registry.v1.RegistryService/RollbackAgent',
+                request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RollbackAgentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.Agent.FromString,
+                _registered_method=True)
         self.AddHandoff = channel.unary_unary(
                 '/agentmesh.registry.v1.RegistryService/AddHandoff',
                 request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.AddHandoffRequest.SerializeToString,
@@ -100,13 +110,16 @@ class RegistryServiceServicer:
     """
 
     def CreateAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """With agent_id set, the agent is agents/{agent_id}; ALREADY_EXISTS if the
+        caller has one by that id already.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """name may name a revision: agents/{agent}@{revision}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -125,8 +138,22 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAgent(self, request, context):
-        """Deletes the agent and its contexts. Fails with FAILED_PRECONDITION while
-        another agent hands off to it.
+        """Deletes the agent, its revisions and its contexts. Fails with
+        FAILED_PRECONDITION (AGENT_IN_USE) while another agent or a workflow uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentRevisions(self, request, context):
+        """Every change to an agent makes an immutable revision (AIP-162); newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackAgent(self, request, context):
+        """Makes an earlier revision current again, as a new revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +223,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteAgent,
                     request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.DeleteAgentRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListAgentRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentRevisions,
+                    request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsRequest.FromString,
+                    response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsResponse.SerializeToString,
+            ),
+            'RollbackAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackAgent,
+                    request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RollbackAgentRequest.FromString,
+                    response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.Agent.SerializeToString,
             ),
             'AddHandoff': grpc.unary_unary_rpc_method_handler(
                     servicer.AddHandoff,
@@ -365,6 +402,60 @@ class RegistryService:
             '/agentmesh.registry.v1.RegistryService/DeleteAgent',
             agentmesh_dot_registry_dot_v1_dot_registry__pb2.DeleteAgentRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.registry.v1.RegistryService/ListAgentRevisions',
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsRequest.SerializeToString,
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.ListAgentRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.registry.v1.RegistryService/RollbackAgent',
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.RollbackAgentRequest.SerializeToString,
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,16 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from agentmesh.gen.common.v1 import common_pb2 as agentmesh_dot_common_dot_v1_dot_common__pb2
+from agentmesh.gen.guardrails.v1 import guardrails_pb2 as agentmesh_dot_guardrails_dot_v1_dot_guardrails__pb2
 from agentmesh.gen.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/runner/v1/runner.proto\x12\x13\x61gentmesh.runner.v1\x1a agentmesh/common/v1/common.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xf5\x05\n\x03Run\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61gent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nlast_agent\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63onversation\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.StateB\x04\xe2\x41\x01\x03\x12\x13\n\x05input\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66inal_output\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x11structured_output\x18\x08 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x31\n\x05items\x18\t \x03(\x0b\x32\x1c.agentmesh.runner.v1.RunItemB\x04\xe2\x41\x01\x03\x12/\n\x05usage\x18\n \x01(\x0b\x32\x1a.agentmesh.common.v1.UsageB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63redits\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x13\n\x05trace\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9c\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06:-\xea\x41*\n\x11\x61gentmesh.dev/Run\x12\nruns/{run}*\x04runs2\x03run\"\xa5\x02\n\x07RunItem\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.agentmesh.runner.v1.RunItem.Type\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttool_name\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\t\"\x99\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTYPE_MESSAGE\x10\x01\x12\x12\n\x0eTYPE_TOOL_CALL\x10\x02\x12\x14\n\x10TYPE_TOOL_OUTPUT\x10\x03\x12\x10\n\x0cTYPE_HANDOFF\x10\x04\x12\x12\n\x0eTYPE_REASONING\x10\x05\x12\x19\n\x15TYPE_APPROVAL_REQUEST\x10\x06\"\x91\x02\n\x0fRunAgentRequest\x12\x36\n\x05\x61gent\x18\x01 \x01(\tB\'\xe2\x41\x01\x02\xbaH r\x1e\x32\x1c^agents/[A-Za-z0-9_-]{1,64}$\x12\x1e\n\x05input\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x06\x10\x01\x18\x80\x80@\x12\x19\n\x07\x63ontext\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12/\n\x0e\x63ontext_values\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x63onversation\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1c\n\tmax_turns\x18\x06 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\nrequest_id\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"\xf5\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brun_started\x18\x02 \x01(\x0b\x32\x18.agentmesh.runner.v1.RunH\x00\x12=\n\ntext_delta\x18\x03 \x01(\x0b\x32\'.agentmesh.runner.v1.RunEvent.TextDeltaH\x00\x12,\n\x04item\x18\x04 \x01(\x0b\x32\x1c.agentmesh.runner.v1.RunItemH\x00\x12\x17\n\ragent_updated\x18\x05 \x01(\tH\x00\x12:\n\x11\x61pproval_required\x18\x06 \x01(\x0b\x32\x1d.agentmesh.runner.v1.ApprovalH\x00\x12\x30\n\x0crun_finished\x18\x07 \x01(\x0b\x32\x18.agentmesh.runner.v1.RunH\x00\x1a)\n\tTextDelta\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\tB\x07\n\x05\x65vent\"g\n\x0fWatchRunRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"Z\n\rGetRunRequest\x12I\n\x04name\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\"\x88\x01\n\x0fListRunsRequest\x12\x38\n\x05\x61gent\x18\x01 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.agentmesh.runner.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x10\x43\x61ncelRunRequest\x12I\n\x04name\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\"\x9a\x03\n\x08\x41pproval\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61gent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttool_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\targuments\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x05state\x18\x05 \x01(\x0e\x32#.agentmesh.runner.v1.Approval.StateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"Y\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x12\n\x0eSTATE_APPROVED\x10\x02\x12\x12\n\x0eSTATE_REJECTED\x10\x03:Q\xea\x41N\n\x16\x61gentmesh.dev/Approval\x12\x1fruns/{run}/approvals/{approval}*\tapprovals2\x08\x61pproval\"\xa0\x01\n\x14ListApprovalsRequest\x12K\n\x06parent\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"b\n\x15ListApprovalsResponse\x12\x30\n\tapprovals\x18\x01 \x03(\x0b\x32\x1d.agentmesh.runner.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb1\x01\n\x16ResolveApprovalRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Approval\xbaH<r:28^runs/[A-Za-z0-9_-]{1,64}/approvals/[A-Za-z0-9_-]{1,64}$\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 2\x97\t\n\rRunnerService\x12s\n\x08RunAgent\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x18.agentmesh.runner.v1.Run\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/{agent=agents/*}/run:\x01*\x12\x82\x01\n\tStreamRun\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x1d.agentmesh.runner.v1.RunEvent\".\x82\xd3\xe4\x93\x02(\"#/api/v1/{agent=agents/*}/run:stream:\x01*0\x01\x12{\n\tSubmitRun\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x18.agentmesh.runner.v1.Run\".\x82\xd3\xe4\x93\x02(\"#/api/v1/{agent=agents/*}/run:submit:\x01*\x12v\n\x08WatchRun\x12$.agentmesh.runner.v1.WatchRunRequest\x1a\x1d.agentmesh.runner.v1.RunEvent\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/{name=runs/*}:watch0\x01\x12\x65\n\x06GetRun\x12\".agentmesh.runner.v1.GetRunRequest\x1a\x18.agentmesh.runner.v1.Run\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/{name=runs/*}\x12\x8e\x01\n\x08ListRuns\x12$.agentmesh.runner.v1.ListRunsRequest\x1a%.agentmesh.runner.v1.ListRunsResponse\"5\x82\xd3\xe4\x93\x02/\x12\x0c/api/v1/runsZ\x1f\x12\x1d/api/v1/{agent=agents/*}/runs\x12u\n\tCancelRun\x12%.agentmesh.runner.v1.CancelRunRequest\x1a\x18.agentmesh.runner.v1.Run\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/{name=runs/*}:cancel:\x01*\x12\x91\x01\n\rListApprovals\x12).agentmesh.runner.v1.ListApprovalsRequest\x1a*.agentmesh.runner.v1.ListApprovalsResponse\")\x82\xd3\xe4\x93\x02#\x12!/api/v1/{parent=runs/*}/approvals\x12\x93\x01\n\x0fResolveApproval\x12+.agentmesh.runner.v1.ResolveApprovalRequest\x1a\x1d.agentmesh.runner.v1.Approval\"4\x82\xd3\xe4\x93\x02.\")/api/v1/{name=runs/*/approvals/*}:resolve:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/runner/v1/runner.proto\x12\x13\x61gentmesh.runner.v1\x1a agentmesh/common/v1/common.proto\x1a(agentmesh/guardrails/v1/guardrails.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa8\x07\n\x03Run\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61gent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nlast_agent\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63onversation\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.StateB\x04\xe2\x41\x01\x03\x12\x13\n\x05input\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66inal_output\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x11structured_output\x18\x08 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x31\n\x05items\x18\t \x03(\x0b\x32\x1c.agentmesh.runner.v1.RunItemB\x04\xe2\x41\x01\x03\x12/\n\x05usage\x18\n \x01(\x0b\x32\x1a.agentmesh.common.v1.UsageB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63redits\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x13\n\x05trace\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61gent_revision\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bmax_credits\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12I\n\x11guardrail_results\x18\x12 \x03(\x0b\x32(.agentmesh.guardrails.v1.GuardrailResultB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cworkflow_run\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\"\xaf\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x11\n\rSTATE_BLOCKED\x10\x07:-\xea\x41*\n\x11\x61gentmesh.dev/Run\x12\nruns/{run}*\x04runs2\x03run\"\xa5\x02\n\x07RunItem\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.agentmesh.runner.v1.RunItem.Type\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttool_name\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\t\"\x99\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTYPE_MESSAGE\x10\x01\x12\x12\n\x0eTYPE_TOOL_CALL\x10\x02\x12\x14\n\x10TYPE_TOOL_OUTPUT\x10\x03\x12\x10\n\x0cTYPE_HANDOFF\x10\x04\x12\x12\n\x0eTYPE_REASONING\x10\x05\x12\x19\n\x15TYPE_APPROVAL_REQUEST\x10\x06\"\x86\x03\n\x0fRunAgentRequest\x12M\n\x05\x61gent\x18\x01 \x01(\tB>\xe2\x41\x01\x02\xbaH7r523^agents/[A-Za-z0-9_-]{1,64}(@[A-Za-z0-9_-]{1,64})?$\x12\x1e\n\x05input\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x06\x10\x01\x18\x80\x80@\x12\x19\n\x07\x63ontext\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12/\n\x0e\x63ontext_values\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x63onversation\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1c\n\tmax_turns\x18\x06 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\nrequest_id\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12>\n\x0b\x62usy_policy\x18\x08 \x01(\x0e\x32\x1f.agentmesh.runner.v1.BusyPolicyB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x0bmax_credits\x18\t \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\xf5\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brun_started\x18\x02 \x01(\x0b\x32\x18.agentmesh.runner.v1.RunH\x00\x12=\n\ntext_delta\x18\x03 \x01(\x0b\x32\'.agentmesh.runner.v1.RunEvent.TextDeltaH\x00\x12,\n\x04item\x18\x04 \x01(\x0b\x32\x1c.agentmesh.runner.v1.RunItemH\x00\x12\x17\n\ragent_updated\x18\x05 \x01(\tH\x00\x12:\n\x11\x61pproval_required\x18\x06 \x01(\x0b\x32\x1d.agentmesh.runner.v1.ApprovalH\x00\x12\x30\n\x0crun_finished\x18\x07 \x01(\x0b\x32\x18.agentmesh.runner.v1.RunH\x00\x1a)\n\tTextDelta\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\tB\x07\n\x05\x65vent\"g\n\x0fWatchRunRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"Z\n\rGetRunRequest\x12I\n\x04name\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\"\x88\x01\n\x0fListRunsRequest\x12\x38\n\x05\x61gent\x18\x01 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.agentmesh.runner.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x10\x43\x61ncelRunRequest\x12I\n\x04name\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\"\xcc\x04\n\x08\x41pproval\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61gent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttool_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\targuments\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x05state\x18\x05 \x01(\x0e\x32#.agentmesh.runner.v1.Approval.StateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ndecided_by\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65\x63ide_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63\x61ll_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\"l\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x12\n\x0eSTATE_APPROVED\x10\x02\x12\x12\n\x0eSTATE_REJECTED\x10\x03\x12\x11\n\rSTATE_EXPIRED\x10\x04:Q\xea\x41N\n\x16\x61gentmesh.dev/Approval\x12\x1fruns/{run}/approvals/{approval}*\tapprovals2\x08\x61pproval\"\xa0\x01\n\x14ListApprovalsRequest\x12K\n\x06parent\x18\x01 \x01(\tB;\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x61gentmesh.dev/Run\xbaH\x1er\x1c\x32\x1a^runs/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"b\n\x15ListApprovalsResponse\x12\x30\n\tapprovals\x18\x01 \x03(\x0b\x32\x1d.agentmesh.runner.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc9\x02\n\x16ResolveApprovalRequest\x12l\n\x04name\x18\x01 \x01(\tB^\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61gentmesh.dev/Approval\xbaH<r:28^runs/[A-Za-z0-9_-]{1,64}/approvals/[A-Za-z0-9_-]{1,64}$\x12V\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x34.agentmesh.runner.v1.ResolveApprovalRequest.DecisionB\x0e\xe2\x41\x01\x02\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"O\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REJECT\x10\x02\"\xed\x02\n\x0c\x43onversation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61gent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nitem_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\nactive_run\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x63ompact_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:Z\xea\x41W\n\x1a\x61gentmesh.dev/Conversation\x12\x1c\x63onversations/{conversation}*\rconversations2\x0c\x63onversation\"\xb3\x01\n\x10\x43onversationItem\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0b\n\x03run\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x16GetConversationRequest\x12[\n\x04name\x18\x01 \x01(\tBM\xe2\x41\x01\x02\xfa\x41\x1c\n\x1a\x61gentmesh.dev/Conversation\xbaH\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$\"\x91\x01\n\x18ListConversationsRequest\x12\x38\n\x05\x61gent\x18\x01 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.agentmesh.runner.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x19\x44\x65leteConversationRequest\x12[\n\x04name\x18\x01 \x01(\tBM\xe2\x41\x01\x02\xfa\x41\x1c\n\x1a\x61gentmesh.dev/Conversation\xbaH\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$\"\xba\x01\n\x1cListConversationItemsRequest\x12]\n\x06parent\x18\x01 \x01(\tBM\xe2\x41\x01\x02\xfa\x41\x1c\n\x1a\x61gentmesh.dev/Conversation\xbaH\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"n\n\x1dListConversationItemsResponse\x12\x34\n\x05items\x18\x01 \x03(\x0b\x32%.agentmesh.runner.v1.ConversationItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf1\x04\n\x0bWorkflowRun\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08workflow\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rworkflow_etag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.StateB\x04\xe2\x41\x01\x03\x12\x13\n\x05input\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x05steps\x18\x06 \x03(\x0b\x32\x1c.agentmesh.runner.v1.StepRunB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66inal_output\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x11structured_output\x18\x08 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12/\n\x05usage\x18\t \x01(\x0b\x32\x1a.agentmesh.common.v1.UsageB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63redits\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x13\n\x05trace\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:V\xea\x41S\n\x19\x61gentmesh.dev/WorkflowRun\x12\x1bworkflowRuns/{workflow_run}*\x0cworkflowRuns2\x0bworkflowRun\"\x94\x03\n\x07StepRun\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\r\n\x05visit\x18\x03 \x01(\x05\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.State\x12\r\n\x05input\x18\x05 \x01(\t\x12\x0e\n\x06output\x18\x06 \x01(\t\x12\x31\n\x11structured_output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0b\n\x03run\x18\x08 \x01(\t\x12)\n\x05usage\x18\t \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\x0f\n\x07\x63redits\x18\n \x01(\x03\x12!\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.Status\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnext_step\x18\x0e \x01(\t\"\x84\x03\n\rWorkflowEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12<\n\x10workflow_started\x18\x02 \x01(\x0b\x32 .agentmesh.runner.v1.WorkflowRunH\x00\x12\x34\n\x0cstep_started\x18\x03 \x01(\x0b\x32\x1c.agentmesh.runner.v1.StepRunH\x00\x12\x35\n\rstep_finished\x18\x04 \x01(\x0b\x32\x1c.agentmesh.runner.v1.StepRunH\x00\x12\x32\n\trun_event\x18\x05 \x01(\x0b\x32\x1d.agentmesh.runner.v1.RunEventH\x00\x12:\n\x11\x61pproval_required\x18\x06 \x01(\x0b\x32\x1d.agentmesh.runner.v1.ApprovalH\x00\x12=\n\x11workflow_finished\x18\x07 \x01(\x0b\x32 .agentmesh.runner.v1.WorkflowRunH\x00\x42\x07\n\x05\x65vent\"\xd5\x01\n\x12RunWorkflowRequest\x12<\n\x08workflow\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xbaH#r!2\x1f^workflows/[A-Za-z0-9_-]{1,64}$\x12\x1e\n\x05input\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x06\x10\x01\x18\x80\x80@\x12%\n\x04vars\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1c\n\nrequest_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x1c\n\x0bmax_credits\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"r\n\x15GetWorkflowRunRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/WorkflowRun\xbaH&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$\"\x96\x01\n\x17ListWorkflowRunsRequest\x12>\n\x08workflow\x18\x01 \x01(\tB,\xbaH)r\'\x18\x80\x01\x32\"^$|^workflows/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"l\n\x18ListWorkflowRunsResponse\x12\x37\n\rworkflow_runs\x18\x01 \x03(\x0b\x32 .agentmesh.runner.v1.WorkflowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x18\x43\x61ncelWorkflowRunRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/WorkflowRun\xbaH&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$\"\x95\x01\n\x17WatchWorkflowRunRequest\x12Y\n\x04name\x18\x01 \x01(\tBK\xe2\x41\x01\x02\xfa\x41\x1b\n\x19\x61gentmesh.dev/WorkflowRun\xbaH&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00*\x8f\x01\n\nBusyPolicy\x12\x1b\n\x17\x42USY_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42USY_POLICY_REJECT\x10\x01\x12\x17\n\x13\x42USY_POLICY_ENQUEUE\x10\x02\x12\x19\n\x15\x42USY_POLICY_INTERRUPT\x10\x03\x12\x18\n\x14\x42USY_POLICY_ROLLBACK\x10\x04\x32\xb4\x16\n\rRunnerService\x12s\n\x08RunAgent\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x18.agentmesh.runner.v1.Run\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/{agent=agents/*}/run:\x01*\x12\x82\x01\n\tStreamRun\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x1d.agentmesh.runner.v1.RunEvent\".\x82\xd3\xe4\x93\x02(\"#/api/v1/{agent=agents/*}/run:stream:\x01*0\x01\x12{\n\tSubmitRun\x12$.agentmesh.runner.v1.RunAgentRequest\x1a\x18.agentmesh.runner.v1.Run\".\x82\xd3\xe4\x93\x02(\"#/api/v1/{agent=agents/*}/run:submit:\x01*\x12v\n\x08WatchRun\x12$.agentmesh.runner.v1.WatchRunRequest\x1a\x1d.agentmesh.runner.v1.RunEvent\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/{name=runs/*}:watch0\x01\x12\x65\n\x06GetRun\x12\".agentmesh.runner.v1.GetRunRequest\x1a\x18.agentmesh.runner.v1.Run\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/{name=runs/*}\x12\x8e\x01\n\x08ListRuns\x12$.agentmesh.runner.v1.ListRunsRequest\x1a%.agentmesh.runner.v1.ListRunsResponse\"5\x82\xd3\xe4\x93\x02/\x12\x0c/api/v1/runsZ\x1f\x12\x1d/api/v1/{agent=agents/*}/runs\x12u\n\tCancelRun\x12%.agentmesh.runner.v1.CancelRunRequest\x1a\x18.agentmesh.runner.v1.Run\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/{name=runs/*}:cancel:\x01*\x12\x91\x01\n\rListApprovals\x12).agentmesh.runner.v1.ListApprovalsRequest\x1a*.agentmesh.runner.v1.ListApprovalsResponse\")\x82\xd3\xe4\x93\x02#\x12!/api/v1/{parent=runs/*}/approvals\x12\x93\x01\n\x0fResolveApproval\x12+.agentmesh.runner.v1.ResolveApprovalRequest\x1a\x1d.agentmesh.runner.v1.Approval\"4\x82\xd3\xe4\x93\x02.\")/api/v1/{name=runs/*/approvals/*}:resolve:\x01*\x12\x89\x01\n\x0fGetConversation\x12+.agentmesh.runner.v1.GetConversationRequest\x1a!.agentmesh.runner.v1.Conversation\"&\x82\xd3\xe4\x93\x02 \x12\x1e/api/v1/{name=conversations/*}\x12\xbb\x01\n\x11ListConversations\x12-.agentmesh.runner.v1.ListConversationsRequest\x1a..agentmesh.runner.v1.ListConversationsResponse\"G\x82\xd3\xe4\x93\x02\x41\x12\x15/api/v1/conversationsZ(\x12&/api/v1/{agent=agents/*}/conversations\x12\x84\x01\n\x12\x44\x65leteConversation\x12..agentmesh.runner.v1.DeleteConversationRequest\x1a\x16.google.protobuf.Empty\"&\x82\xd3\xe4\x93\x02 *\x1e/api/v1/{name=conversations/*}\x12\xae\x01\n\x15ListConversationItems\x12\x31.agentmesh.runner.v1.ListConversationItemsRequest\x1a\x32.agentmesh.runner.v1.ListConversationItemsResponse\".\x82\xd3\xe4\x93\x02(\x12&/api/v1/{parent=conversations/*}/items\x12\x87\x01\n\x0bRunWorkflow\x12\'.agentmesh.runner.v1.RunWorkflowRequest\x1a .agentmesh.runner.v1.WorkflowRun\"-\x82\xd3\xe4\x93\x02\'\"\"/api/v1/{workflow=workflows/*}:run:\x01*\x12\x91\x01\n\x0eStreamWorkflow\x12\'.agentmesh.runner.v1.RunWorkflowRequest\x1a\".agentmesh.runner.v1.WorkflowEvent\"0\x82\xd3\xe4\x93\x02*\"%/api/v1/{workflow=workflows/*}:stream:\x01*0\x01\x12\x8d\x01\n\x0eSubmitWorkflow\x12\'.agentmesh.runner.v1.RunWorkflowRequest\x1a .agentmesh.runner.v1.WorkflowRun\"0\x82\xd3\xe4\x93\x02*\"%/api/v1/{workflow=workflows/*}:submit:\x01*\x12\x85\x01\n\x0eGetWorkflowRun\x12*.agentmesh.runner.v1.GetWorkflowRunRequest\x1a .agentmesh.runner.v1.WorkflowRun\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/{name=workflowRuns/*}\x12\xb4\x01\n\x10ListWorkflowRuns\x12,.agentmesh.runner.v1.ListWorkflowRunsRequest\x1a-.agentmesh.runner.v1.ListWorkflowRunsResponse\"C\x82\xd3\xe4\x93\x02=\x12\x14/api/v1/workflowRunsZ%\x12#/api/v1/{workflow=workflows/*}/runs\x12\x95\x01\n\x11\x43\x61ncelWorkflowRun\x12-.agentmesh.runner.v1.CancelWorkflowRunRequest\x1a .agentmesh.runner.v1.WorkflowRun\"/\x82\xd3\xe4\x93\x02)\"$/api/v1/{name=workflowRuns/*}:cancel:\x01*\x12\x93\x01\n\x10WatchWorkflowRun\x12,.agentmesh.runner.v1.WatchWorkflowRunRequest\x1a\".agentmesh.runner.v1.WorkflowEvent\"+\x82\xd3\xe4\x93\x02%\x12#/api/v1/{name=workflowRuns/*}:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,10 +71,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_RUN'].fields_by_name['end_time']._loaded_options = None
   _globals['_RUN'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['agent_revision']._loaded_options = None
+  _globals['_RUN'].fields_by_name['agent_revision']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['max_credits']._loaded_options = None
+  _globals['_RUN'].fields_by_name['max_credits']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['guardrail_results']._loaded_options = None
+  _globals['_RUN'].fields_by_name['guardrail_results']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['workflow_run']._loaded_options = None
+  _globals['_RUN'].fields_by_name['workflow_run']._serialized_options = b'\342A\001\003'
   _globals['_RUN']._loaded_options = None
   _globals['_RUN']._serialized_options = b'\352A*\n\021agentmesh.dev/Run\022\nruns/{run}*\004runs2\003run'
   _globals['_RUNAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
-  _globals['_RUNAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\272H r\0362\034^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_RUNAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\272H7r523^agents/[A-Za-z0-9_-]{1,64}(@[A-Za-z0-9_-]{1,64})?$'
   _globals['_RUNAGENTREQUEST'].fields_by_name['input']._loaded_options = None
   _globals['_RUNAGENTREQUEST'].fields_by_name['input']._serialized_options = b'\342A\001\002\272H\010r\006\020\001\030\200\200@'
   _globals['_RUNAGENTREQUEST'].fields_by_name['context']._loaded_options = None
@@ -83,6 +93,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNAGENTREQUEST'].fields_by_name['max_turns']._serialized_options = b'\272H\006\032\004\030d(\000'
   _globals['_RUNAGENTREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_RUNAGENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_RUNAGENTREQUEST'].fields_by_name['busy_policy']._loaded_options = None
+  _globals['_RUNAGENTREQUEST'].fields_by_name['busy_policy']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_RUNAGENTREQUEST'].fields_by_name['max_credits']._loaded_options = None
+  _globals['_RUNAGENTREQUEST'].fields_by_name['max_credits']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_WATCHRUNREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_WATCHRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\272H\036r\0342\032^runs/[A-Za-z0-9_-]{1,64}$'
   _globals['_WATCHRUNREQUEST'].fields_by_name['after_sequence']._loaded_options = None
@@ -111,6 +125,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVAL'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
   _globals['_APPROVAL'].fields_by_name['create_time']._loaded_options = None
   _globals['_APPROVAL'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APPROVAL'].fields_by_name['decided_by']._loaded_options = None
+  _globals['_APPROVAL'].fields_by_name['decided_by']._serialized_options = b'\342A\001\003'
+  _globals['_APPROVAL'].fields_by_name['decide_time']._loaded_options = None
+  _globals['_APPROVAL'].fields_by_name['decide_time']._serialized_options = b'\342A\001\003'
+  _globals['_APPROVAL'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_APPROVAL'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_APPROVAL'].fields_by_name['call_id']._loaded_options = None
+  _globals['_APPROVAL'].fields_by_name['call_id']._serialized_options = b'\342A\001\003'
   _globals['_APPROVAL']._loaded_options = None
   _globals['_APPROVAL']._serialized_options = b'\352AN\n\026agentmesh.dev/Approval\022\037runs/{run}/approvals/{approval}*\tapprovals2\010approval'
   _globals['_LISTAPPROVALSREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -121,8 +143,94 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAPPROVALSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
   _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\030\n\026agentmesh.dev/Approval\272H<r:28^runs/[A-Za-z0-9_-]{1,64}/approvals/[A-Za-z0-9_-]{1,64}$'
+  _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['decision']._loaded_options = None
+  _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['decision']._serialized_options = b'\342A\001\002\272H\007\202\001\004\020\001 \000'
   _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_RESOLVEAPPROVALREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\005r\003\030\200 '
+  _globals['_CONVERSATION'].fields_by_name['name']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['name']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['agent']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['agent']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['item_count']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['item_count']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['active_run']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['active_run']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['create_time']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['update_time']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['compact_time']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['compact_time']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION']._loaded_options = None
+  _globals['_CONVERSATION']._serialized_options = b'\352AW\n\032agentmesh.dev/Conversation\022\034conversations/{conversation}*\rconversations2\014conversation'
+  _globals['_GETCONVERSATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETCONVERSATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\034\n\032agentmesh.dev/Conversation\272H\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['agent']._serialized_options = b'\272H&r$\030\200\0012\037^$|^agents/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTCONVERSATIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_DELETECONVERSATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETECONVERSATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\034\n\032agentmesh.dev/Conversation\272H\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\034\n\032agentmesh.dev/Conversation\272H\'r%2#^conversations/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_WORKFLOWRUN'].fields_by_name['name']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['name']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['workflow']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['workflow']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['workflow_etag']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['workflow_etag']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['state']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['input']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['input']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['steps']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['steps']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['final_output']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['final_output']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['structured_output']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['structured_output']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['usage']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['usage']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['credits']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['credits']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['error']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['trace']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['trace']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['create_time']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN'].fields_by_name['end_time']._loaded_options = None
+  _globals['_WORKFLOWRUN'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKFLOWRUN']._loaded_options = None
+  _globals['_WORKFLOWRUN']._serialized_options = b'\352AS\n\031agentmesh.dev/WorkflowRun\022\033workflowRuns/{workflow_run}*\014workflowRuns2\013workflowRun'
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['workflow']._loaded_options = None
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['workflow']._serialized_options = b'\342A\001\002\272H#r!2\037^workflows/[A-Za-z0-9_-]{1,64}$'
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['input']._loaded_options = None
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['input']._serialized_options = b'\342A\001\002\272H\010r\006\020\001\030\200\200@'
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['max_credits']._loaded_options = None
+  _globals['_RUNWORKFLOWREQUEST'].fields_by_name['max_credits']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_GETWORKFLOWRUNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETWORKFLOWRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\033\n\031agentmesh.dev/WorkflowRun\272H&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['workflow']._loaded_options = None
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['workflow']._serialized_options = b'\272H)r\'\030\200\0012\"^$|^workflows/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTWORKFLOWRUNSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_CANCELWORKFLOWRUNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CANCELWORKFLOWRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\033\n\031agentmesh.dev/WorkflowRun\272H&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$'
+  _globals['_WATCHWORKFLOWRUNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_WATCHWORKFLOWRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\033\n\031agentmesh.dev/WorkflowRun\272H&r$2\"^workflowRuns/[A-Za-z0-9_-]{1,64}$'
+  _globals['_WATCHWORKFLOWRUNREQUEST'].fields_by_name['after_sequence']._loaded_options = None
+  _globals['_WATCHWORKFLOWRUNREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_RUNNERSERVICE'].methods_by_name['RunAgent']._loaded_options = None
   _globals['_RUNNERSERVICE'].methods_by_name['RunAgent']._serialized_options = b'\202\323\344\223\002!\"\034/api/v1/{agent=agents/*}/run:\001*'
   _globals['_RUNNERSERVICE'].methods_by_name['StreamRun']._loaded_options = None
@@ -141,40 +249,100 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNERSERVICE'].methods_by_name['ListApprovals']._serialized_options = b'\202\323\344\223\002#\022!/api/v1/{parent=runs/*}/approvals'
   _globals['_RUNNERSERVICE'].methods_by_name['ResolveApproval']._loaded_options = None
   _globals['_RUNNERSERVICE'].methods_by_name['ResolveApproval']._serialized_options = b'\202\323\344\223\002.\")/api/v1/{name=runs/*/approvals/*}:resolve:\001*'
-  _globals['_RUN']._serialized_start=299
-  _globals['_RUN']._serialized_end=1056
-  _globals['_RUN_STATE']._serialized_start=853
-  _globals['_RUN_STATE']._serialized_end=1009
-  _globals['_RUNITEM']._serialized_start=1059
-  _globals['_RUNITEM']._serialized_end=1352
-  _globals['_RUNITEM_TYPE']._serialized_start=1199
-  _globals['_RUNITEM_TYPE']._serialized_end=1352
-  _globals['_RUNAGENTREQUEST']._serialized_start=1355
-  _globals['_RUNAGENTREQUEST']._serialized_end=1628
-  _globals['_RUNEVENT']._serialized_start=1631
-  _globals['_RUNEVENT']._serialized_end=2004
-  _globals['_RUNEVENT_TEXTDELTA']._serialized_start=1954
-  _globals['_RUNEVENT_TEXTDELTA']._serialized_end=1995
-  _globals['_WATCHRUNREQUEST']._serialized_start=2006
-  _globals['_WATCHRUNREQUEST']._serialized_end=2109
-  _globals['_GETRUNREQUEST']._serialized_start=2111
-  _globals['_GETRUNREQUEST']._serialized_end=2201
-  _globals['_LISTRUNSREQUEST']._serialized_start=2204
-  _globals['_LISTRUNSREQUEST']._serialized_end=2340
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2342
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2425
-  _globals['_CANCELRUNREQUEST']._serialized_start=2427
-  _globals['_CANCELRUNREQUEST']._serialized_end=2520
-  _globals['_APPROVAL']._serialized_start=2523
-  _globals['_APPROVAL']._serialized_end=2933
-  _globals['_APPROVAL_STATE']._serialized_start=2761
-  _globals['_APPROVAL_STATE']._serialized_end=2850
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=2936
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=3096
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=3098
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=3196
-  _globals['_RESOLVEAPPROVALREQUEST']._serialized_start=3199
-  _globals['_RESOLVEAPPROVALREQUEST']._serialized_end=3376
-  _globals['_RUNNERSERVICE']._serialized_start=3379
-  _globals['_RUNNERSERVICE']._serialized_end=4554
+  _globals['_RUNNERSERVICE'].methods_by_name['GetConversation']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['GetConversation']._serialized_options = b'\202\323\344\223\002 \022\036/api/v1/{name=conversations/*}'
+  _globals['_RUNNERSERVICE'].methods_by_name['ListConversations']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['ListConversations']._serialized_options = b'\202\323\344\223\002A\022\025/api/v1/conversationsZ(\022&/api/v1/{agent=agents/*}/conversations'
+  _globals['_RUNNERSERVICE'].methods_by_name['DeleteConversation']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['DeleteConversation']._serialized_options = b'\202\323\344\223\002 *\036/api/v1/{name=conversations/*}'
+  _globals['_RUNNERSERVICE'].methods_by_name['ListConversationItems']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['ListConversationItems']._serialized_options = b'\202\323\344\223\002(\022&/api/v1/{parent=conversations/*}/items'
+  _globals['_RUNNERSERVICE'].methods_by_name['RunWorkflow']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['RunWorkflow']._serialized_options = b'\202\323\344\223\002\'\"\"/api/v1/{workflow=workflows/*}:run:\001*'
+  _globals['_RUNNERSERVICE'].methods_by_name['StreamWorkflow']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['StreamWorkflow']._serialized_options = b'\202\323\344\223\002*\"%/api/v1/{workflow=workflows/*}:stream:\001*'
+  _globals['_RUNNERSERVICE'].methods_by_name['SubmitWorkflow']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['SubmitWorkflow']._serialized_options = b'\202\323\344\223\002*\"%/api/v1/{workflow=workflows/*}:submit:\001*'
+  _globals['_RUNNERSERVICE'].methods_by_name['GetWorkflowRun']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['GetWorkflowRun']._serialized_options = b'\202\323\344\223\002\037\022\035/api/v1/{name=workflowRuns/*}'
+  _globals['_RUNNERSERVICE'].methods_by_name['ListWorkflowRuns']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['ListWorkflowRuns']._serialized_options = b'\202\323\344\223\002=\022\024/api/v1/workflowRunsZ%\022#/api/v1/{workflow=workflows/*}/runs'
+  _globals['_RUNNERSERVICE'].methods_by_name['CancelWorkflowRun']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['CancelWorkflowRun']._serialized_options = b'\202\323\344\223\002)\"$/api/v1/{name=workflowRuns/*}:cancel:\001*'
+  _globals['_RUNNERSERVICE'].methods_by_name['WatchWorkflowRun']._loaded_options = None
+  _globals['_RUNNERSERVICE'].methods_by_name['WatchWorkflowRun']._serialized_options = b'\202\323\344\223\002%\022#/api/v1/{name=workflowRuns/*}:watch'
+  _globals['_BUSYPOLICY']._serialized_start=7720
+  _globals['_BUSYPOLICY']._serialized_end=7863
+  _globals['_RUN']._serialized_start=370
+  _globals['_RUN']._serialized_end=1306
+  _globals['_RUN_STATE']._serialized_start=1084
+  _globals['_RUN_STATE']._serialized_end=1259
+  _globals['_RUNITEM']._serialized_start=1309
+  _globals['_RUNITEM']._serialized_end=1602
+  _globals['_RUNITEM_TYPE']._serialized_start=1449
+  _globals['_RUNITEM_TYPE']._serialized_end=1602
+  _globals['_RUNAGENTREQUEST']._serialized_start=1605
+  _globals['_RUNAGENTREQUEST']._serialized_end=1995
+  _globals['_RUNEVENT']._serialized_start=1998
+  _globals['_RUNEVENT']._serialized_end=2371
+  _globals['_RUNEVENT_TEXTDELTA']._serialized_start=2321
+  _globals['_RUNEVENT_TEXTDELTA']._serialized_end=2362
+  _globals['_WATCHRUNREQUEST']._serialized_start=2373
+  _globals['_WATCHRUNREQUEST']._serialized_end=2476
+  _globals['_GETRUNREQUEST']._serialized_start=2478
+  _globals['_GETRUNREQUEST']._serialized_end=2568
+  _globals['_LISTRUNSREQUEST']._serialized_start=2571
+  _globals['_LISTRUNSREQUEST']._serialized_end=2707
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2709
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2792
+  _globals['_CANCELRUNREQUEST']._serialized_start=2794
+  _globals['_CANCELRUNREQUEST']._serialized_end=2887
+  _globals['_APPROVAL']._serialized_start=2890
+  _globals['_APPROVAL']._serialized_end=3478
+  _globals['_APPROVAL_STATE']._serialized_start=3287
+  _globals['_APPROVAL_STATE']._serialized_end=3395
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=3481
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=3641
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=3643
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=3741
+  _globals['_RESOLVEAPPROVALREQUEST']._serialized_start=3744
+  _globals['_RESOLVEAPPROVALREQUEST']._serialized_end=4073
+  _globals['_RESOLVEAPPROVALREQUEST_DECISION']._serialized_start=3994
+  _globals['_RESOLVEAPPROVALREQUEST_DECISION']._serialized_end=4073
+  _globals['_CONVERSATION']._serialized_start=4076
+  _globals['_CONVERSATION']._serialized_end=4441
+  _globals['_CONVERSATIONITEM']._serialized_start=4444
+  _globals['_CONVERSATIONITEM']._serialized_end=4623
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=4625
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=4742
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=4745
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=4890
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=4892
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=5002
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=5004
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=5124
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_start=5127
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_end=5313
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_start=5315
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_end=5425
+  _globals['_WORKFLOWRUN']._serialized_start=5428
+  _globals['_WORKFLOWRUN']._serialized_end=6053
+  _globals['_STEPRUN']._serialized_start=6056
+  _globals['_STEPRUN']._serialized_end=6460
+  _globals['_WORKFLOWEVENT']._serialized_start=6463
+  _globals['_WORKFLOWEVENT']._serialized_end=6851
+  _globals['_RUNWORKFLOWREQUEST']._serialized_start=6854
+  _globals['_RUNWORKFLOWREQUEST']._serialized_end=7067
+  _globals['_GETWORKFLOWRUNREQUEST']._serialized_start=7069
+  _globals['_GETWORKFLOWRUNREQUEST']._serialized_end=7183
+  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_start=7186
+  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_end=7336
+  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_start=7338
+  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_end=7446
+  _globals['_CANCELWORKFLOWRUNREQUEST']._serialized_start=7448
+  _globals['_CANCELWORKFLOWRUNREQUEST']._serialized_end=7565
+  _globals['_WATCHWORKFLOWRUNREQUEST']._serialized_start=7568
+  _globals['_WATCHWORKFLOWRUNREQUEST']._serialized_end=7717
+  _globals['_RUNNERSERVICE']._serialized_start=7866
+  _globals['_RUNNERSERVICE']._serialized_end=10734
 # @@protoc_insertion_point(module_scope)

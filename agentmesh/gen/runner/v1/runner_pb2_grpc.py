@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from agentmesh.gen.runner.v1 import runner_pb2 as agentmesh_dot_runner_dot_v1_dot_runner__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,7 +27,8 @@ if _version_not_supported:
 
 
 class RunnerServiceStub:
-    """Runs agents: to completion in one call, streamed, or in the background.
+    """Runs agents: to completion in one call, streamed, or in the background; their
+    conversations, their approvals, and workflow executions.
     """
 
     def __init__(self, channel):
@@ -80,10 +82,66 @@ class RunnerServiceStub:
                 request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ResolveApprovalRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.Approval.FromString,
                 _registered_method=True)
+        self.GetConversation = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/GetConversation',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetConversationRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.Conversation.FromString,
+                _registered_method=True)
+        self.ListConversations = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/ListConversations',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConversation = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/DeleteConversation',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.DeleteConversationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListConversationItems = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/ListConversationItems',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsResponse.FromString,
+                _registered_method=True)
+        self.RunWorkflow = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/RunWorkflow',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+                _registered_method=True)
+        self.StreamWorkflow = channel.unary_stream(
+                '/agentmesh.runner.v1.RunnerService/StreamWorkflow',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.FromString,
+                _registered_method=True)
+        self.SubmitWorkflow = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/SubmitWorkflow',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+                _registered_method=True)
+        self.GetWorkflowRun = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/GetWorkflowRun',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetWorkflowRunRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+                _registered_method=True)
+        self.ListWorkflowRuns = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/ListWorkflowRuns',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelWorkflowRun = channel.unary_unary(
+                '/agentmesh.runner.v1.RunnerService/CancelWorkflowRun',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.CancelWorkflowRunRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+                _registered_method=True)
+        self.WatchWorkflowRun = channel.unary_stream(
+                '/agentmesh.runner.v1.RunnerService/WatchWorkflowRun',
+                request_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WatchWorkflowRunRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
-    """Runs agents: to completion in one call, streamed, or in the background.
+    """Runs agents: to completion in one call, streamed, or in the background; their
+    conversations, their approvals, and workflow executions.
     """
 
     def RunAgent(self, request, context):
@@ -140,7 +198,83 @@ class RunnerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveApproval(self, request, context):
-        """Approves or rejects a tool call; the run resumes when none is pending.
+        """Approves or rejects a tool call, once: a second decision fails with
+        FAILED_PRECONDITION and the decided approval. The run resumes, on any
+        replica, when no call of it is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConversation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConversations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConversation(self, request, context):
+        """Deletes the conversation and its items; FAILED_PRECONDITION while a run
+        on it is running or paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConversationItems(self, request, context):
+        """The conversation's history, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunWorkflow(self, request, context):
+        """Runs a workflow to its end or to a pause awaiting approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamWorkflow(self, request, context):
+        """Runs a workflow and streams step and run events; the last carries the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitWorkflow(self, request, context):
+        """Queues the workflow run and returns it at once, QUEUED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflowRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflowRuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelWorkflowRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchWorkflowRun(self, request, context):
+        """Streams a workflow run's events from the start (or after a sequence), then
+        live until it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +328,61 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ResolveApprovalRequest.FromString,
                     response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.Approval.SerializeToString,
             ),
+            'GetConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversation,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetConversationRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.Conversation.SerializeToString,
+            ),
+            'ListConversations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConversations,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsResponse.SerializeToString,
+            ),
+            'DeleteConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConversation,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.DeleteConversationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListConversationItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConversationItems,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsResponse.SerializeToString,
+            ),
+            'RunWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunWorkflow,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.SerializeToString,
+            ),
+            'StreamWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamWorkflow,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.SerializeToString,
+            ),
+            'SubmitWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitWorkflow,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.SerializeToString,
+            ),
+            'GetWorkflowRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowRun,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetWorkflowRunRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.SerializeToString,
+            ),
+            'ListWorkflowRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflowRuns,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsResponse.SerializeToString,
+            ),
+            'CancelWorkflowRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWorkflowRun,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.CancelWorkflowRunRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.SerializeToString,
+            ),
+            'WatchWorkflowRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflowRun,
+                    request_deserializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WatchWorkflowRunRequest.FromString,
+                    response_serializer=agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentmesh.runner.v1.RunnerService', rpc_method_handlers)
@@ -203,7 +392,8 @@ def add_RunnerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RunnerService:
-    """Runs agents: to completion in one call, streamed, or in the background.
+    """Runs agents: to completion in one call, streamed, or in the background; their
+    conversations, their approvals, and workflow executions.
     """
 
     @staticmethod
@@ -439,6 +629,303 @@ class RunnerService:
             '/agentmesh.runner.v1.RunnerService/ResolveApproval',
             agentmesh_dot_runner_dot_v1_dot_runner__pb2.ResolveApprovalRequest.SerializeToString,
             agentmesh_dot_runner_dot_v1_dot_runner__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/GetConversation',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetConversationRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.Conversation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConversations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/ListConversations',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/DeleteConversation',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.DeleteConversationRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConversationItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/ListConversationItems',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListConversationItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/RunWorkflow',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/StreamWorkflow',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/SubmitWorkflow',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.RunWorkflowRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/GetWorkflowRun',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.GetWorkflowRunRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflowRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/ListWorkflowRuns',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.ListWorkflowRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelWorkflowRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/CancelWorkflowRun',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.CancelWorkflowRunRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflowRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.runner.v1.RunnerService/WatchWorkflowRun',
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WatchWorkflowRunRequest.SerializeToString,
+            agentmesh_dot_runner_dot_v1_dot_runner__pb2.WorkflowEvent.FromString,
             options,
             channel_credentials,
             insecure,

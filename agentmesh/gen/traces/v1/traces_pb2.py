@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/traces/v1/traces.proto\x12\x13\x61gentmesh.traces.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x02\n\x05Trace\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0b\n\x03run\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nspan_count\x18\x07 \x01(\x05\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x05spans\x18\t \x03(\x0b\x32\x19.agentmesh.traces.v1.Span:7\xea\x41\x34\n\x13\x61gentmesh.dev/Trace\x12\x0etraces/{trace}*\x06traces2\x05trace\"\xec\x01\n\x04Span\x12\x0f\n\x07span_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xc0\x01\n\x11ListTracesRequest\x12\x38\n\x05\x61gent\x18\x01 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\x12\x34\n\x03run\x18\x02 \x01(\tB\'\xbaH$r\"\x18\x80\x01\x32\x1d^$|^runs/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"Y\n\x12ListTracesResponse\x12*\n\x06traces\x18\x01 \x03(\x0b\x32\x1a.agentmesh.traces.v1.Trace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x0fGetTraceRequest\x12N\n\x04name\x18\x01 \x01(\tB@\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Trace\xbaH!r\x1f\x32\x1d^traces/[A-Za-z0-9_-]{1,128}$2\x98\x02\n\x0cTraceService\x12\x98\x01\n\nListTraces\x12&.agentmesh.traces.v1.ListTracesRequest\x1a\'.agentmesh.traces.v1.ListTracesResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x0e/api/v1/tracesZ!\x12\x1f/api/v1/{agent=agents/*}/traces\x12m\n\x08GetTrace\x12$.agentmesh.traces.v1.GetTraceRequest\x1a\x1a.agentmesh.traces.v1.Trace\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/{name=traces/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/traces/v1/traces.proto\x12\x13\x61gentmesh.traces.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x03\n\x05Trace\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0b\n\x03run\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nspan_count\x18\x07 \x01(\x05\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x05spans\x18\t \x03(\x0b\x32\x19.agentmesh.traces.v1.Span\x12\x14\n\x0cworkflow_run\x18\n \x01(\t\x12\x31\n\x06status\x18\x0b \x01(\x0e\x32!.agentmesh.traces.v1.Trace.Status\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"A\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02:7\xea\x41\x34\n\x13\x61gentmesh.dev/Trace\x12\x0etraces/{trace}*\x06traces2\x05trace\"\xec\x01\n\x04Span\x12\x0f\n\x07span_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xb1\x03\n\x11ListTracesRequest\x12\x38\n\x05\x61gent\x18\x01 \x01(\tB)\xbaH&r$\x18\x80\x01\x32\x1f^$|^agents/[A-Za-z0-9_-]{1,64}$\x12\x34\n\x03run\x18\x02 \x01(\tB\'\xbaH$r\"\x18\x80\x01\x32\x1d^$|^runs/[A-Za-z0-9_-]{1,64}$\x12\x1d\n\tpage_size\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x45\n\x0cworkflow_run\x18\x05 \x01(\tB/\xbaH,r*\x18\x80\x01\x32%^$|^workflowRuns/[A-Za-z0-9_-]{1,64}$\x12;\n\x06status\x18\x06 \x01(\x0e\x32!.agentmesh.traces.v1.Trace.StatusB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x34\n\x10start_time_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11start_time_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x12ListTracesResponse\x12*\n\x06traces\x18\x01 \x03(\x0b\x32\x1a.agentmesh.traces.v1.Trace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x0fGetTraceRequest\x12N\n\x04name\x18\x01 \x01(\tB@\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x61gentmesh.dev/Trace\xbaH!r\x1f\x32\x1d^traces/[A-Za-z0-9_-]{1,128}$2\x98\x02\n\x0cTraceService\x12\x98\x01\n\nListTraces\x12&.agentmesh.traces.v1.ListTracesRequest\x1a\'.agentmesh.traces.v1.ListTracesResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x0e/api/v1/tracesZ!\x12\x1f/api/v1/{agent=agents/*}/traces\x12m\n\x08GetTrace\x12$.agentmesh.traces.v1.GetTraceRequest\x1a\x1a.agentmesh.traces.v1.Trace\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/{name=traces/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTRACESREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_LISTTRACESREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTTRACESREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_LISTTRACESREQUEST'].fields_by_name['workflow_run']._loaded_options = None
+  _globals['_LISTTRACESREQUEST'].fields_by_name['workflow_run']._serialized_options = b'\272H,r*\030\200\0012%^$|^workflowRuns/[A-Za-z0-9_-]{1,64}$'
+  _globals['_LISTTRACESREQUEST'].fields_by_name['status']._loaded_options = None
+  _globals['_LISTTRACESREQUEST'].fields_by_name['status']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_GETTRACEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETTRACEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023agentmesh.dev/Trace\272H!r\0372\035^traces/[A-Za-z0-9_-]{1,128}$'
   _globals['_TRACESERVICE'].methods_by_name['ListTraces']._loaded_options = None
@@ -56,15 +60,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACESERVICE'].methods_by_name['GetTrace']._loaded_options = None
   _globals['_TRACESERVICE'].methods_by_name['GetTrace']._serialized_options = b'\202\323\344\223\002\031\022\027/api/v1/{name=traces/*}'
   _globals['_TRACE']._serialized_start=240
-  _globals['_TRACE']._serialized_end=574
-  _globals['_SPAN']._serialized_start=577
-  _globals['_SPAN']._serialized_end=813
-  _globals['_LISTTRACESREQUEST']._serialized_start=816
-  _globals['_LISTTRACESREQUEST']._serialized_end=1008
-  _globals['_LISTTRACESRESPONSE']._serialized_start=1010
-  _globals['_LISTTRACESRESPONSE']._serialized_end=1099
-  _globals['_GETTRACEREQUEST']._serialized_start=1101
-  _globals['_GETTRACEREQUEST']._serialized_end=1198
-  _globals['_TRACESERVICE']._serialized_start=1201
-  _globals['_TRACESERVICE']._serialized_end=1481
+  _globals['_TRACE']._serialized_end=729
+  _globals['_TRACE_STATUS']._serialized_start=607
+  _globals['_TRACE_STATUS']._serialized_end=672
+  _globals['_SPAN']._serialized_start=732
+  _globals['_SPAN']._serialized_end=968
+  _globals['_LISTTRACESREQUEST']._serialized_start=971
+  _globals['_LISTTRACESREQUEST']._serialized_end=1404
+  _globals['_LISTTRACESRESPONSE']._serialized_start=1406
+  _globals['_LISTTRACESRESPONSE']._serialized_end=1495
+  _globals['_GETTRACEREQUEST']._serialized_start=1497
+  _globals['_GETTRACEREQUEST']._serialized_end=1594
+  _globals['_TRACESERVICE']._serialized_start=1597
+  _globals['_TRACESERVICE']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

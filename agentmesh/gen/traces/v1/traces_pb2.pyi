@@ -7,6 +7,7 @@ from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -15,7 +16,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Trace(_message.Message):
-    __slots__ = ("name", "workflow_name", "agent", "run", "start_time", "end_time", "span_count", "metadata", "spans")
+    __slots__ = ("name", "workflow_name", "agent", "run", "start_time", "end_time", "span_count", "metadata", "spans", "workflow_run", "status", "error")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[Trace.Status]
+        STATUS_OK: _ClassVar[Trace.Status]
+        STATUS_ERROR: _ClassVar[Trace.Status]
+    STATUS_UNSPECIFIED: Trace.Status
+    STATUS_OK: Trace.Status
+    STATUS_ERROR: Trace.Status
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +34,9 @@ class Trace(_message.Message):
     SPAN_COUNT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_RUN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     workflow_name: str
     agent: str
@@ -34,7 +46,10 @@ class Trace(_message.Message):
     span_count: int
     metadata: _struct_pb2.Struct
     spans: _containers.RepeatedCompositeFieldContainer[Span]
-    def __init__(self, name: _Optional[str] = ..., workflow_name: _Optional[str] = ..., agent: _Optional[str] = ..., run: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., span_count: _Optional[int] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ...) -> None: ...
+    workflow_run: str
+    status: Trace.Status
+    error: str
+    def __init__(self, name: _Optional[str] = ..., workflow_name: _Optional[str] = ..., agent: _Optional[str] = ..., run: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., span_count: _Optional[int] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., workflow_run: _Optional[str] = ..., status: _Optional[_Union[Trace.Status, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("span_id", "trace_id", "parent_id", "type", "name", "start_time", "end_time", "data", "error")
@@ -59,16 +74,24 @@ class Span(_message.Message):
     def __init__(self, span_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListTracesRequest(_message.Message):
-    __slots__ = ("agent", "run", "page_size", "page_token")
+    __slots__ = ("agent", "run", "page_size", "page_token", "workflow_run", "status", "start_time_after", "start_time_before")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_RUN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_BEFORE_FIELD_NUMBER: _ClassVar[int]
     agent: str
     run: str
     page_size: int
     page_token: str
-    def __init__(self, agent: _Optional[str] = ..., run: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    workflow_run: str
+    status: Trace.Status
+    start_time_after: _timestamp_pb2.Timestamp
+    start_time_before: _timestamp_pb2.Timestamp
+    def __init__(self, agent: _Optional[str] = ..., run: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., workflow_run: _Optional[str] = ..., status: _Optional[_Union[Trace.Status, str]] = ..., start_time_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListTracesResponse(_message.Message):
     __slots__ = ("traces", "next_page_token")

@@ -1,0 +1,302 @@
+"""gRPC servicer of the providers service: protos in, store and secret calls, protos out."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import duration_pb2, empty_pb2, json_format
+
+from agentmesh import paging
+from agentmesh.api import check_update, merge_update, timestamp
+from agentmesh.auth import current_user
+from agentmesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from agentmesh.events import EventBus
+from agentmesh.gen.common.v1 import common_pb2
+from agentmesh.gen.providers.v1 import events_pb2, providers_pb2_grpc
+from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.ids import new_id, utc_now
+from agentmesh.names import ResourceName
+from agentmesh.outbound import BlockedDestination, check_url_literal
+from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
+from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
+from services.providers.store import Provider, ProviderStore
+
+PROVIDER = ResourceName.of(p.Provider)
+_CONFIG_FIELDS = ("display_name", "base_url", "default_model", "organization")
+# Which provider type each typed settings message belongs to.
+_SETTINGS_TYPE = {"azure_openai": "azure_openai", "anthropic": "anthropic"}
+
+
+def _type_name(value: int) -> str:
+    return p.ProviderType.Name(value).removeprefix("PROVIDER_TYPE_").lower()
+
+
+def _type_value(name: str) -> p.ProviderType:
+    return p.ProviderType.Value("PROVIDER_TYPE_" + name.upper())
+
+
+def _secret_path(user_id: str, provider_id: str) -> str:
+    return f"users/{user_id}/providers/{provider_id}"
+
+
+def _hint(api_key: str) -> str:
+    # Short keys would give too much away; real provider keys are far longer.
+    return api_key[-4:] if len(api_key) >= 16 else ""
+
+
+def _config(message: p.Provider) -> dict:
+    """The stored form of everything but the key: plain JSON, no proto."""
+    config = {name: getattr(message, name) for name in _CONFIG_FIELDS}
+    config["models"] = list(message.models)
+    config["type"] = _type_name(message.type)
+    config["extra_headers"] = dict(message.extra_headers)
+    which = message.WhichOneof("settings")
+    config["settings"] = (
+        {
+            which: json_format.MessageToDict(
+                getattr(message, which), preserving_proto_field_name=True
+            )
+        }
+        if which
+        else {}
+    )
+    return config
+
+
+def _set_settings(message: p.Provider | p.Credentials, config: dict) -> None:
+    message.extra_headers.update(config.get("extra_headers", {}))
+    for which, values in config.get("settings", {}).items():
+        json_format.ParseDict(values, getattr(message, which))
+
+
+def _proto(provider: Provider) -> p.Provider:
+    config = provider.config
+    message = p.Provider(
+        name=PROVIDER.format(provider.id),
+        type=_type_value(config["type"]),
+        api_key_hint=provider.api_key_hint,
+        is_default=provider.is_default,
+        etag=provider.etag,
+        create_time=timestamp(provider.create_time),
+        update_time=timestamp(provider.update_time),
+        models=config["models"],
+        **{name: config[name] for name in _CONFIG_FIELDS},
+    )
+    _set_settings(message, config)
+    return message
+
+
+def _check(message: p.Provider, require_key: bool, allow: list[str]) -> None:
+    kind = _type_name(message.type)
+    try:
+        check_url_literal(message.base_url, allow)
+    except BlockedDestination as blocked:
+        raise InvalidArgument([("provider.base_url", str(blocked))]) from None
+    if kind in NEEDS_BASE_URL and not message.base_url:
+        raise InvalidArgument([("provider.base_url", f"a {kind} provider needs a base_url")])
+    which = message.WhichOneof("settings")
+    if which and _SETTINGS_TYPE[which] != kind:
+        raise InvalidArgument(
+            [(f"provider.{which}", f"only for {_SETTINGS_TYPE[which]} providers")]
+        )
+    if kind == "azure_openai" and which != "azure_openai":
+        raise InvalidArgument(
+            [("provider.azure_openai", "an azure_openai provider needs its api_version")]
+        )
+    if require_key and kind != "custom" and not message.api_key:
+        raise InvalidArgument([("provider.api_key", f"a {kind} provider needs an api_key")])
+    if message.default_model and message.models and message.default_model not in message.models:
+        raise InvalidArgument([("provider.default_model", "must be one of provider.models")])
+
+
+def _base_url(config: dict) -> str:
+    return config["base_url"] or DEFAULT_BASE_URLS[config["type"]]
+
+
+class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
+    def __init__(
+        self,
+        store: ProviderStore,
+        secrets: SecretStore,
+        events: EventBus,
+        system_default: p.Credentials | None,
+        outbound_allow: list[str],
+    ):
+        self._store = store
+        self._secrets = secrets
+        self._events = events
+        self._system_default = system_default
+        self._outbound_allow = outbound_allow
+
+    async def CreateProvider(
+        self, request: p.CreateProviderRequest, context: grpc.aio.ServicerContext
+    ) -> p.Provider:
+        user = current_user()
+        _check(request.provider, require_key=True, allow=self._outbound_allow)
+        provider_id, api_key = new_id(), request.provider.api_key
+        path = _secret_path(user.user_id, provider_id)
+        # The secret first: if the store is down nothing is written at all, and
+        # if the row then fails the secret is taken back.
+        version = await self._put_secret(path, api_key)
+        created = utc_now()
+        provider = Provider(
+            provider_id,
+            user.user_id,
+            _config(request.provider),
+            request.provider.is_default,
+            _hint(api_key),
+            version,
+            new_id(),
+            created,
+            created,
+        )
+        try:
+            provider = await self._store.create(provider)
+        except BaseException:
+            await self._secrets.delete(path)
+            raise
+        await self._publish_change(provider, common_pb2.CHANGE_KIND_CREATED)
+        return _proto(provider)
+
+    async def GetProvider(
+        self, request: p.GetProviderRequest, context: grpc.aio.ServicerContext
+    ) -> p.Provider:
+        provider = await self._store.get(current_user().user_id, PROVIDER.id(request.name))
+        return _proto(provider)
+
+    async def ListProviders(
+        self, request: p.ListProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> p.ListProvidersResponse:
+        page = await self._store.list(
+            current_user().user_id,
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return p.ListProvidersResponse(
+            providers=[_proto(provider) for provider in page.items],
+            next_page_token=paging.next_page_token(page.last_seq),
+        )
+
+    async def UpdateProvider(
+        self, request: p.UpdateProviderRequest, context: grpc.aio.ServicerContext
+    ) -> p.Provider:
+        user = current_user()
+        (provider_id,) = check_update("provider", request.provider, request.update_mask, PROVIDER)
+        existing = await self._store.get(user.user_id, provider_id)
+        merged = merge_update("provider", _proto(existing), request.provider, request.update_mask)
+        _check(merged, require_key=False, allow=self._outbound_allow)
+        existing.config, existing.is_default = _config(merged), merged.is_default
+        if "api_key" in request.update_mask.paths:
+            if not merged.api_key and existing.config["type"] != "custom":
+                raise InvalidArgument([("provider.api_key", "cannot be emptied; rotate it")])
+            # Rotation: a new version of the same secret, used from the next resolution on.
+            existing.secret_version = await self._put_secret(
+                _secret_path(user.user_id, existing.id), merged.api_key
+            )
+            existing.api_key_hint = _hint(merged.api_key)
+        provider = await self._store.update(existing, expected_etag=existing.etag)
+        await self._publish_change(provider, common_pb2.CHANGE_KIND_UPDATED)
+        return _proto(provider)
+
+    async def DeleteProvider(
+        self, request: p.DeleteProviderRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        user = current_user()
+        provider = await self._store.get(user.user_id, PROVIDER.id(request.name))
+        try:
+            await self._secrets.delete(_secret_path(user.user_id, provider.id))
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+        await self._store.delete(user.user_id, provider.id)
+        await self._publish_change(provider, common_pb2.CHANGE_KIND_DELETED)
+        return empty_pb2.Empty()
+
+    async def TestProvider(
+        self, request: p.TestProviderRequest, context: grpc.aio.ServicerContext
+    ) -> p.TestProviderResponse:
+        user = current_user()
+        provider = await self._store.get(user.user_id, PROVIDER.id(request.name))
+        api_key = await self._get_secret(user.user_id, provider)
+        result = await probe(
+            _base_url(provider.config),
+            api_key,
+            provider.config["organization"],
+            request.model or provider.config["default_model"],
+            self._outbound_allow,
+        )
+        latency = duration_pb2.Duration()
+        latency.FromNanoseconds(int(result.latency_seconds * 1e9))
+        return p.TestProviderResponse(
+            ok=result.ok,
+            message=result.message,
+            failure_reason=result.failure_reason,
+            models=result.models,
+            latency=latency,
+        )
+
+    async def ResolveCredentials(
+        self, request: p.ResolveCredentialsRequest, context: grpc.aio.ServicerContext
+    ) -> p.Credentials:
+        user_id = request.user.removeprefix("users/")
+        provider: Provider | None
+        if request.provider:
+            provider = await self._store.get(user_id, PROVIDER.id(request.provider))
+        else:
+            provider = await self._store.get_default(user_id)
+        if provider is None:
+            if self._system_default is None:
+                raise FailedPrecondition(
+                    "no model provider is configured: add one with "
+                    "ProviderService.CreateProvider (POST /api/v1/providers) and mark it "
+                    "default, or set OPENAI_API_KEY for the system default",
+                    reason="NO_PROVIDER",
+                )
+            return self._system_default
+        config = provider.config
+        credentials = p.Credentials(
+            provider=PROVIDER.format(provider.id),
+            type=_type_value(config["type"]),
+            base_url=_base_url(config),
+            api_key=await self._get_secret(user_id, provider),
+            organization=config["organization"],
+            default_model=config["default_model"],
+            version=provider.secret_version,
+        )
+        _set_settings(credentials, config)
+        return credentials
+
+    async def _put_secret(self, path: str, api_key: str) -> str:
+        try:
+            return await self._secrets.put(path, api_key)
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+
+    async def _get_secret(self, user_id: str, provider: Provider) -> str:
+        try:
+            # The version the row names, not the latest: a rotation whose row
+            # update then failed must not take effect.
+            return await self._secrets.get(
+                _secret_path(user_id, provider.id), provider.secret_version
+            )
+        except SecretStoreUnavailable:
+            raise _unavailable() from None
+        except SecretNotFound:
+            raise FailedPrecondition(
+                f"providers/{provider.id} has lost its API key; set a new one with UpdateProvider",
+                reason="SECRET_MISSING",
+            ) from None
+
+    async def _publish_change(self, provider: Provider, kind: common_pb2.ChangeKind) -> None:
+        await self._events.publish(
+            events_pb2.ProviderChanged(
+                provider=PROVIDER.format(provider.id),
+                user=f"users/{provider.user_id}",
+                kind=kind,
+                time=timestamp(utc_now()),
+            )
+        )
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(
+        "the secret store is unavailable; nothing was changed", retry_after_seconds=5
+    )

@@ -1,0 +1,181 @@
+"""Credit accounts, reservations and the ledger.
+
+Every change is one conditional UPDATE, so the database applies it atomically
+and concurrent callers can never overdraw an account; CHECK constraints on the
+table back that up.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from agentmesh.errors import FailedPrecondition, NotFound, QuotaExceeded
+from agentmesh.ids import new_id, utc_now
+from services.registry.records import Balance, Reservation
+from services.registry.tables import CreditAccountRow, LedgerRow, ReservationRow
+
+
+class CreditStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def get_balance(self, user_id: str) -> Balance:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(CreditAccountRow).where(CreditAccountRow.user_id == user_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"users/{user_id}/creditBalance")
+        return Balance(row.user_id, row.balance, row.reserved)
+
+    async def grant_credits(self, user_id: str, amount: int, reason: str) -> Balance:
+        async with self.engine.begin() as conn:
+            # Taking credits back may not dip into what open reservations hold.
+            result = await conn.execute(
+                update(CreditAccountRow)
+                .where(
+                    CreditAccountRow.user_id == user_id,
+                    CreditAccountRow.balance + amount >= CreditAccountRow.reserved,
+                )
+                .values(balance=CreditAccountRow.balance + amount)
+            )
+            if result.rowcount == 0:
+                await self._account_exists(conn, user_id)
+                raise FailedPrecondition(
+                    "cannot take back more credits than are available",
+                    reason="INSUFFICIENT_CREDITS",
+                )
+            await conn.execute(
+                insert(LedgerRow).values(
+                    user_id=user_id,
+                    delta=amount,
+                    kind="grant",
+                    reference=reason,
+                    create_time=utc_now(),
+                )
+            )
+        return await self.get_balance(user_id)
+
+    async def reserve_credits(self, user_id: str, amount: int, ttl: timedelta) -> Reservation:
+        reservation = Reservation(new_id(), user_id, amount, utc_now() + ttl)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(CreditAccountRow)
+                .where(
+                    CreditAccountRow.user_id == user_id,
+                    CreditAccountRow.balance - CreditAccountRow.reserved >= amount,
+                )
+                .values(reserved=CreditAccountRow.reserved + amount)
+            )
+            if result.rowcount == 0:
+                await self._account_exists(conn, user_id)
+                raise QuotaExceeded(
+                    f"users/{user_id}/creditBalance",
+                    f"not enough credits available to reserve {amount}",
+                )
+            await conn.execute(
+                insert(ReservationRow).values(
+                    id=reservation.id,
+                    user_id=user_id,
+                    amount=amount,
+                    state="open",
+                    expire_time=reservation.expire_time,
+                )
+            )
+        return reservation
+
+    async def settle_credits(self, reservation_id: str, used: int) -> Balance:
+        async with self.engine.begin() as conn:
+            reservation = await self._close_reservation(conn, reservation_id, "settled")
+            charge = min(used, reservation.amount)
+            await conn.execute(
+                update(CreditAccountRow)
+                .where(CreditAccountRow.user_id == reservation.user_id)
+                .values(
+                    reserved=CreditAccountRow.reserved - reservation.amount,
+                    balance=CreditAccountRow.balance - charge,
+                )
+            )
+            if charge:
+                await conn.execute(
+                    insert(LedgerRow).values(
+                        user_id=reservation.user_id,
+                        delta=-charge,
+                        kind="charge",
+                        reference=f"reservations/{reservation_id}",
+                        create_time=utc_now(),
+                    )
+                )
+        return await self.get_balance(reservation.user_id)
+
+    async def release_credits(self, reservation_id: str) -> Balance:
+        async with self.engine.begin() as conn:
+            reservation = await self._close_reservation(conn, reservation_id, "released")
+            await self._unreserve(conn, reservation.user_id, reservation.amount)
+        return await self.get_balance(reservation.user_id)
+
+    async def release_expired(self) -> int:
+        """Releases every open reservation past its expiry; returns how many."""
+        released = 0
+        async with self.engine.connect() as conn:
+            expired = (
+                (
+                    await conn.execute(
+                        select(ReservationRow.id).where(
+                            ReservationRow.state == "open", ReservationRow.expire_time <= utc_now()
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        for reservation_id in expired:
+            async with self.engine.begin() as conn:
+                try:
+                    reservation = await self._close_reservation(conn, reservation_id, "released")
+                except FailedPrecondition:
+                    continue  # settled or released meanwhile
+                await self._unreserve(conn, reservation.user_id, reservation.amount)
+                released += 1
+        return released
+
+    async def _close_reservation(
+        self, conn: AsyncConnection, reservation_id: str, state: str
+    ) -> Reservation:
+        # Flipping the state first, conditionally, makes settle/release/expiry
+        # mutually exclusive: only one of them ever sees rowcount 1.
+        result = await conn.execute(
+            update(ReservationRow)
+            .where(ReservationRow.id == reservation_id, ReservationRow.state == "open")
+            .values(state=state)
+        )
+        row = (
+            await conn.execute(select(ReservationRow).where(ReservationRow.id == reservation_id))
+        ).first()
+        if row is None:
+            raise NotFound(f"reservations/{reservation_id}")
+        if result.rowcount == 0:
+            raise FailedPrecondition(
+                f"reservations/{reservation_id} is already {row.state}",
+                reason="RESERVATION_CLOSED",
+            )
+        return Reservation(row.id, row.user_id, row.amount, row.expire_time)
+
+    async def _unreserve(self, conn: AsyncConnection, user_id: str, amount: int) -> None:
+        await conn.execute(
+            update(CreditAccountRow)
+            .where(CreditAccountRow.user_id == user_id)
+            .values(reserved=CreditAccountRow.reserved - amount)
+        )
+
+    async def _account_exists(self, conn: AsyncConnection, user_id: str) -> None:
+        found = await conn.execute(
+            select(CreditAccountRow.user_id).where(CreditAccountRow.user_id == user_id)
+        )
+        if found.first() is None:
+            raise NotFound(f"users/{user_id}/creditBalance")

@@ -1,0 +1,69 @@
+"""The registry as a mesh service: its servicers and its background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from agentmesh.config import write_private_file
+from agentmesh.mesh import MeshContext, MeshService
+from services.registry.servicer import AccountServicer, RegistryServicer, WorkflowServicer
+from services.registry.store import RegistryStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("agentmesh.registry")
+
+
+class Registry(MeshService):
+    def __init__(self, context: MeshContext, store: RegistryStore):
+        super().__init__(
+            RegistryServicer(store, context.events, context.settings.outbound_allow),
+            WorkflowServicer(store, context.events),
+            AccountServicer(store, context.authenticator, context.events),
+        )
+        self._store = store
+        self._sweep_seconds = context.settings.reservation_sweep_seconds
+        self._sweeper = asyncio.create_task(self._release_expired_reservations())
+
+    async def stop(self) -> None:
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
+
+    async def _release_expired_reservations(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_seconds)
+            try:
+                released = await self._store.credits.release_expired()
+                if released:
+                    log.info("released %d expired credit reservations", released)
+            except Exception:
+                log.exception("releasing expired reservations failed")
+
+
+async def create(context: MeshContext) -> Registry:
+    assert context.database is not None
+    store = RegistryStore(context.database)
+    settings = context.settings
+    await _bootstrap_admin(store, settings.data_dir / "admin.key", settings.admin_credits)
+    return Registry(context, store)
+
+
+async def _bootstrap_admin(store: RegistryStore, key_file: Path, credits: int) -> None:
+    """On the very first start: an admin user with credits to run agents, and its key
+    in data_dir/admin.key (0600)."""
+    if await store.accounts.count_users():
+        return
+    admin = await store.accounts.create_user("admin", "", admin=True)
+    key = await store.accounts.create_api_key(admin.id, "bootstrap", None)
+    if credits:
+        await store.credits.grant_credits(admin.id, credits, "bootstrap")
+    await asyncio.to_thread(_write_key, key_file, key.secret)
+    log.info("created admin user users/%s; its API key is in %s", admin.id, key_file)
+
+
+def _write_key(key_file: Path, secret: str) -> None:
+    key_file.unlink(missing_ok=True)
+    write_private_file(key_file, secret + "\n")

@@ -1,0 +1,95 @@
+"""What tests share: a running mesh, users with keys, and expecting RPC errors.
+
+Imported by tests as `from support import ...` (pytest puts tests/ on the path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agentmesh.client import Client
+from agentmesh.config import Settings
+from agentmesh.gen.registry.v1 import account_pb2
+from agentmesh.mesh import Mesh
+from agentmesh.testing.postgres import TemporaryPostgres
+from services import PLUGINS
+
+_databases = itertools.count()
+
+
+def database_url(backend: str, postgres: TemporaryPostgres | None, data_dir: Path) -> str:
+    """A fresh, empty database of the given backend."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{data_dir}/{{service}}.db"
+    assert postgres is not None
+    return postgres.create_database(f"mesh{next(_databases)}")
+
+
+def mesh_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test mesh: a free port, and no real model provider whatever the
+    environment says (the stand-in model server is the system default)."""
+    return Settings(**{"data_dir": data_dir, "port": 0, "openai_api_key": "", **overrides})
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(data_dir: Path, **overrides: Any) -> AsyncIterator[Mesh]:
+    """Every service of the mesh, started on embedded defaults plus `overrides`."""
+    async with Mesh(mesh_settings(data_dir, **overrides), PLUGINS) as mesh:
+        yield mesh
+
+
+def admin_key(mesh: Mesh) -> str:
+    return (mesh.settings.data_dir / "admin.key").read_text().strip()
+
+
+def service_token(mesh: Mesh) -> str:
+    return mesh.settings.resolved_service_token()
+
+
+class Users:
+    """Makes users with an API key each on one mesh; closes their clients at the end."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.admin = Client(mesh.address, admin_key(mesh))
+        self._clients = [self.admin]
+
+    async def new(self, credits: int = 0) -> tuple[Client, account_pb2.User]:
+        user = await self.admin.accounts.CreateUser(
+            account_pb2.CreateUserRequest(user=account_pb2.User(display_name="tenant"))
+        )
+        key = await self.admin.accounts.CreateApiKey(
+            account_pb2.CreateApiKeyRequest(parent=user.name)
+        )
+        if credits:
+            await self.admin.accounts.GrantCredits(
+                account_pb2.GrantCreditsRequest(user=user.name, amount=credits)
+            )
+        client = Client(self.mesh.address, key.secret)
+        self._clients.append(client)
+        return client, user
+
+    def service(self) -> Client:
+        """A client with the service token (for service-only methods)."""
+        client = Client(self.mesh.address, service_token(self.mesh))
+        self._clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
+async def expect_rpc_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Awaits a call that must fail with `code`; returns the error for its details."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value
+    return caught.value

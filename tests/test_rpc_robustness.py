@@ -1,0 +1,133 @@
+"""What no request may do: crash a method into a bare error, leak an exception's text,
+or pass a registry outage off as bad credentials."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from rpc_helpers import details_of, error_info
+from support import admin_key, mesh_settings
+
+from agentmesh.auth import Authenticator
+from agentmesh.client import Client
+from agentmesh.gen.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
+from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.mesh import Mesh
+from agentmesh.server import GrpcServer
+from services import plugins_named
+
+TOKEN = "robustness-service-token"
+SECRET = "sk-live-" + "q" * 32
+
+
+def _raw_call(channel: grpc.aio.Channel, method: str):
+    """A unary call that sends bytes exactly as given."""
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff",  # not a protobuf message at all
+        b"\x0a\x05\xff\xfe\xfd\xfc\xfb",  # field 1 (a string) that is not UTF-8
+        b"\x0a\xff\xff\xff\xff\x0f",  # a length running past the end
+    ],
+    ids=["garbage", "bad-utf8", "truncated"],
+)
+async def test_a_request_that_does_not_decode_is_invalid_argument(sqlite_mesh, payload, caplog):
+    async with grpc.aio.insecure_channel(sqlite_mesh.address) as channel:
+        call = _raw_call(channel, "/agentmesh.registry.v1.RegistryService/GetAgent")
+        with caplog.at_level(logging.INFO), pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(payload, metadata=(("authorization", f"Bearer {admin_key(sqlite_mesh)}"),))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error_info(error.value, "INVALID_ARGUMENT")
+    assert "Traceback" not in caplog.text
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, encoded by hand."""
+    length, size = b"", len(payload)
+    while True:
+        length += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+        size >>= 7
+        if not size:
+            break
+    return bytes([number << 3 | 2]) + length + payload
+
+
+async def test_a_message_nested_too_deep_is_invalid_argument(sqlite_mesh):
+    # Value{list_value: ListValue{values: [Value{...}]}}, 120 deep: past the 100
+    # levels protobuf decodes (and too deep to build as a message in Python).
+    value = struct_pb2.Value(string_value="leaf").SerializeToString()
+    for _ in range(120):
+        value = _field(6, _field(1, value))
+    struct = _field(1, _field(1, b"x") + _field(2, value))  # Struct{fields: {"x": value}}
+    agent = r.Agent(display_name="deep").SerializeToString() + _field(11, struct)
+    payload = _field(1, agent)  # CreateAgentRequest{agent}
+    async with grpc.aio.insecure_channel(sqlite_mesh.address) as channel:
+        call = _raw_call(channel, "/agentmesh.registry.v1.RegistryService/CreateAgent")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(payload, metadata=(("authorization", f"Bearer {admin_key(sqlite_mesh)}"),))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid message" in error.value.details()  # refused at decoding, not later
+
+
+class _Broken(guardrails_pb2_grpc.GuardrailServiceServicer):
+    async def EvaluateGuardrails(self, request, context):
+        raise RuntimeError(f"the database said no; key was {SECRET}")
+
+
+async def test_a_bug_answers_internal_with_a_reference_and_no_exception_text(caplog):
+    async def no_keys(_: str):
+        return None
+
+    server = GrpcServer(Authenticator(TOKEN, no_keys))
+    server.add(_Broken())
+    port = server.bind("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = guardrails_pb2_grpc.GuardrailServiceStub(channel)
+            request = guardrails_pb2.EvaluateGuardrailsRequest(
+                guardrails=[
+                    guardrails_pb2.Guardrail(
+                        name="g",
+                        regex=guardrails_pb2.RegexCheck(
+                            pattern="x", action=guardrails_pb2.RegexCheck.ACTION_BLOCK
+                        ),
+                    )
+                ],
+                text="t",
+                stage=guardrails_pb2.GUARDRAIL_STAGE_INPUT,
+            )
+            with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.EvaluateGuardrails(
+                    request, metadata=(("authorization", f"Bearer {TOKEN}"),)
+                )
+    finally:
+        await server.stop(0)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    reference = error_info(error.value, "INTERNAL").metadata["reference"]
+    assert SECRET not in error.value.details() and "database" not in error.value.details()
+    assert reference in error.value.details()
+    # The operator finds the cause by the reference in the log.
+    assert reference in caplog.text and "RuntimeError" in caplog.text
+
+
+async def test_a_registry_outage_answers_unavailable_not_unauthenticated(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{closed.getsockname()[1]}"
+    # The providers service alone, checking keys with a registry that is not there.
+    alone = Mesh(mesh_settings(tmp_path, peers={"registry": nowhere}), plugins_named("providers"))
+    async with alone, Client(alone.address, "am_some-user-key") as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.providers.ListProviders(p.ListProvidersRequest())
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert details_of(error.value, error_details_pb2.RetryInfo)
