@@ -132,7 +132,12 @@ def up(
                 out.print(f"applied {len(applied)} agent definitions; the registry now lists:")
                 out.print(_agents_table(await list_all_agents(client)))
             if ask:
-                await _stream_run(client, ask[0], ask[1], conversation="", context={})
+                try:
+                    await _stream_run(client, ask[0], ask[1], conversation="", context={})
+                except (grpc.aio.AioRpcError, typer.BadParameter) as error:
+                    # The mesh is up whatever one run did: say why, and keep serving.
+                    message = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
+                    err.print(f"[red]the run of {ask[0]} failed[/red]: {message}")
 
     _serve(settings, PLUGINS, after_start)
 

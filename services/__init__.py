@@ -5,9 +5,9 @@ entry here: `agentmesh up`, `agentmesh serve NAME` and the tests all read this l
 """
 
 from agentmesh.mesh import ServicePlugin
-from services import providers, registry
+from services import providers, registry, runner
 
-PLUGINS: tuple[ServicePlugin, ...] = (registry.plugin, providers.plugin)
+PLUGINS: tuple[ServicePlugin, ...] = (registry.plugin, providers.plugin, runner.plugin)
 
 
 def plugins_named(*names: str) -> tuple[ServicePlugin, ...]:

@@ -1,0 +1,248 @@
+"""SDK agents from registry definitions, plugged into the SDK's own seams.
+
+Every agent a run may reach is built up front, once per run, from definitions the
+run pinned (cached; see definitions.py): the SDK's RunState finds a paused run's
+current agent by walking handoffs from the starting agent, so the graph must be
+whole, and building object by object lets handoffs form cycles (triage -> billing
+-> triage). SDK agent names are agent ids: unique, and stable across revisions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+from agents import (
+    Agent,
+    AgentOutputSchemaBase,
+    FunctionTool,
+    GuardrailFunctionOutput,
+    InputGuardrail,
+    ModelBehaviorError,
+    ModelSettings,
+    OutputGuardrail,
+    RunContextWrapper,
+    handoff,
+)
+from agents.exceptions import UserError
+from agents.strict_schema import ensure_strict_json_schema
+from google.protobuf import json_format
+
+from agentmesh.errors import FailedPrecondition
+from agentmesh.gen.guardrails.v1 import guardrails_pb2
+from agentmesh.gen.registry.v1 import registry_pb2
+from agentmesh.names import ResourceName
+from agentmesh.outbound import OutboundError, OutboundPolicy, post_json
+from agentmesh.patterns import compile_pattern
+from agentmesh.templates import TemplateError, render
+from services.runner.models import Models
+
+AGENT = ResourceName.of(registry_pb2.Agent)
+_DEFAULT_TOOL_SECONDS = 10.0
+_NO_ARGUMENTS = {"type": "object", "properties": {}}
+
+
+class JsonSchemaOutput(AgentOutputSchemaBase):
+    """A final output that must be JSON valid against the agent's own JSON Schema.
+
+    The schema goes to the model as written (made strict when it can be, so the
+    model is held to it), and the reply is checked with jsonschema: nothing is
+    evaluated.
+    """
+
+    def __init__(self, schema: dict[str, Any]):
+        self._validator = jsonschema.Draft202012Validator(schema)
+        try:
+            self._schema, self._strict = ensure_strict_json_schema(copy.deepcopy(schema)), True
+        except UserError:
+            self._schema, self._strict = schema, False
+
+    def is_plain_text(self) -> bool:
+        return False
+
+    def name(self) -> str:
+        return "output_type"
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._schema
+
+    def is_strict_json_schema(self) -> bool:
+        return self._strict
+
+    def validate_json(self, json_str: str) -> Any:
+        try:
+            value = json.loads(json_str)
+        except json.JSONDecodeError:
+            raise ModelBehaviorError("the final output is not JSON") from None
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        if error is not None:
+            where = "/".join(str(part) for part in error.absolute_path) or "the output"
+            raise ModelBehaviorError(
+                f"the final output breaks the agent's output_type at {where}: {error.message[:200]}"
+            )
+        return value
+
+
+def unsupported_tools(graph: Mapping[str, registry_pb2.Agent]) -> list[str]:
+    """What this runner cannot run yet, as "agents/x: tool 'name' (kind)" phrases."""
+    problems = []
+    for agent_id, definition in graph.items():
+        for tool in definition.tools:
+            kind = tool.WhichOneof("kind")
+            if kind == "function" and tool.function.WhichOneof("implementation") == "code":
+                kind = "code function"
+            elif kind in ("function", "agent"):
+                continue
+            problems.append(f"{AGENT.format(agent_id)}: tool {tool.name!r} ({kind})")
+        for side in (definition.input_guardrails, definition.output_guardrails):
+            for guardrail in side:
+                if guardrail.WhichOneof("check") != "regex":
+                    kind = f"{guardrail.WhichOneof('check')} guardrail"
+                    problems.append(f"{AGENT.format(agent_id)}: {guardrail.name!r} ({kind})")
+    return problems
+
+
+def check_runnable(graph: Mapping[str, registry_pb2.Agent]) -> None:
+    if problems := unsupported_tools(graph):
+        raise FailedPrecondition(
+            "this runner cannot run these yet (they come with the sandbox, MCP, files and "
+            "guardrails services): " + "; ".join(problems),
+            reason="UNSUPPORTED_TOOL",
+        )
+
+
+class AgentBuilder:
+    def __init__(self, models: Models, policy: OutboundPolicy):
+        self._models = models
+        self._policy = policy
+
+    async def build(
+        self, user: str, graph: Mapping[str, registry_pb2.Agent], starting_id: str
+    ) -> Agent:
+        check_runnable(graph)
+        agents = {
+            agent_id: Agent(
+                name=agent_id,
+                instructions=_instructions(definition.instructions),
+                handoff_description=definition.handoff_description or None,
+                model=await self._models.model(
+                    user, definition.model_settings.provider, definition.model
+                ),
+                model_settings=_model_settings(definition.model_settings),
+                output_type=(
+                    JsonSchemaOutput(json_format.MessageToDict(definition.output_type))
+                    if definition.HasField("output_type")
+                    else None
+                ),
+            )
+            for agent_id, definition in graph.items()
+        }
+        for agent_id, definition in graph.items():
+            agent = agents[agent_id]
+            agent.handoffs = [handoff(agents[AGENT.id(target)]) for target in definition.handoffs]
+            agent.tools = [self._tool(tool, agents) for tool in definition.tools]
+            agent.input_guardrails = [_input_guardrail(g) for g in definition.input_guardrails]
+            agent.output_guardrails = [_output_guardrail(g) for g in definition.output_guardrails]
+        return agents[starting_id]
+
+    def _tool(self, tool: registry_pb2.Tool, agents: Mapping[str, Agent]) -> FunctionTool:
+        if tool.WhichOneof("kind") == "agent":
+            return agents[AGENT.id(tool.agent.agent)].as_tool(
+                tool_name=tool.name,
+                tool_description=tool.description
+                or agents[AGENT.id(tool.agent.agent)].handoff_description,
+                needs_approval=tool.require_approval,
+            )
+        http = tool.function.http
+        timeout = http.timeout.ToTimedelta().total_seconds() or _DEFAULT_TOOL_SECONDS
+        policy, name, url = self._policy, tool.name, http.url
+
+        async def call_endpoint(_: Any, arguments: str) -> str:
+            # A failure is the tool's answer to the model, never the run's end.
+            try:
+                reply = await post_json(
+                    url, json.loads(arguments or "{}"), policy=policy, timeout=timeout
+                )
+            except json.JSONDecodeError:
+                return f"error: the arguments for {name} are not JSON"
+            except OutboundError as error:
+                return f"error: {name} failed: {error}"
+            return reply if isinstance(reply, str) else json.dumps(reply)
+
+        parameters = json_format.MessageToDict(tool.function.parameters)
+        return FunctionTool(
+            name=tool.name,
+            description=tool.description,
+            params_json_schema=parameters or _NO_ARGUMENTS,
+            on_invoke_tool=call_endpoint,
+            strict_json_schema=False,
+            needs_approval=tool.require_approval,
+        )
+
+
+def _instructions(text: str) -> Any:
+    """Static text, or a template over the run's context (`{{ context.plan }}`)."""
+    if "{{" not in text:
+        return text or None
+
+    def with_context(wrapper: RunContextWrapper[Any], _: Agent) -> str:
+        try:
+            return render(text, {"context": wrapper.context or {}})
+        except TemplateError as error:
+            raise ModelBehaviorError(f"the agent's instructions: {error}") from None
+
+    return with_context
+
+
+def _model_settings(settings: registry_pb2.ModelSettings) -> ModelSettings:
+    return ModelSettings(
+        temperature=settings.temperature if settings.HasField("temperature") else None,
+        top_p=settings.top_p if settings.HasField("top_p") else None,
+        max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
+        extra_args=json_format.MessageToDict(settings.additional_params) or None,
+        # Runs are billed by usage: a streamed answer must report it too.
+        include_usage=True,
+    )
+
+
+def _regex_trips(check: guardrails_pb2.RegexCheck, text: str) -> bool:
+    found = compile_pattern(check.pattern).search(text) is not None
+    return found if check.action == guardrails_pb2.RegexCheck.ACTION_BLOCK else not found
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # input items: the user's words are what is guarded
+        return "\n".join(
+            str(item.get("content"))
+            for item in value
+            if isinstance(item, dict) and "content" in item
+        )
+    return json.dumps(value)
+
+
+def _verdict(guardrail: guardrails_pb2.Guardrail, text: str) -> GuardrailFunctionOutput:
+    tripped = _regex_trips(guardrail.regex, text)
+    return GuardrailFunctionOutput(
+        output_info={"name": guardrail.name, "message": guardrail.override_message},
+        tripwire_triggered=tripped,
+    )
+
+
+def _input_guardrail(guardrail: guardrails_pb2.Guardrail) -> InputGuardrail:
+    async def check(_: Any, __: Agent, value: Any) -> GuardrailFunctionOutput:
+        return _verdict(guardrail, _text_of(value))
+
+    # Decided before the model is called: a tripped input must not be billed.
+    return InputGuardrail(guardrail_function=check, name=guardrail.name, run_in_parallel=False)
+
+
+def _output_guardrail(guardrail: guardrails_pb2.Guardrail) -> OutputGuardrail:
+    async def check(_: Any, __: Agent, value: Any) -> GuardrailFunctionOutput:
+        return _verdict(guardrail, _text_of(value))
+
+    return OutputGuardrail(guardrail_function=check, name=guardrail.name)

@@ -1,0 +1,517 @@
+"""One run's life in a runner process: start, stream, pause for approvals, end.
+
+Every run goes through the SDK's streamed runner, whichever RPC started it, so
+there is one path from a model's deltas to the run's events. Events are kept in
+memory while the run is live (for StreamRun and WatchRun) and written with the
+run's state when it pauses or ends, in the same transaction as its outbox events
+and the release of its conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import openai
+from agents import (
+    AgentsException,
+    InputGuardrailTripwireTriggered,
+    ItemHelpers,
+    MaxTurnsExceeded,
+    ModelBehaviorError,
+    OutputGuardrailTripwireTriggered,
+    RunConfig,
+    RunHooks,
+    Runner,
+    RunState,
+)
+from agents.items import ModelResponse
+from google.protobuf import json_format
+from google.rpc import status_pb2
+
+from agentmesh.api import timestamp
+from agentmesh.errors import FailedPrecondition, ServiceError, Unavailable, internal_status
+from agentmesh.gen.common.v1 import common_pb2
+from agentmesh.gen.runner.v1 import events_pb2, runner_pb2
+from agentmesh.ids import new_id, utc_now
+from agentmesh.names import ResourceName
+from services.runner import records
+from services.runner.build import AgentBuilder
+from services.runner.credits import Credits, Hold, cost
+from services.runner.definitions import AgentDefinitions
+from services.runner.session import ConversationSession
+from services.runner.store import RunnerStore
+
+log = logging.getLogger("agentmesh.runner")
+
+State = runner_pb2.Run.State
+Approval = runner_pb2.Approval
+RUN = ResourceName.of(runner_pb2.Run)
+APPROVAL = ResourceName.of(runner_pb2.Approval)
+ENDED = {State.STATE_SUCCEEDED, State.STATE_FAILED, State.STATE_CANCELLED, State.STATE_BLOCKED}
+# Deltas are sent in pieces of at least this much text, or after this long.
+_DELTA_CHARS = 256
+_DELTA_SECONDS = 0.02
+
+
+def usage_dict(usage: Any) -> dict[str, int]:
+    """The SDK's Usage as the contract's Usage fields."""
+    return {
+        "requests": usage.requests,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_input_tokens": getattr(usage.input_tokens_details, "cached_tokens", 0) or 0,
+        "reasoning_tokens": getattr(usage.output_tokens_details, "reasoning_tokens", 0) or 0,
+    }
+
+
+def run_proto(run: records.Run) -> runner_pb2.Run:
+    message = runner_pb2.Run(
+        name=RUN.format(run.id),
+        agent=f"agents/{run.agent_id}",
+        last_agent=f"agents/{run.last_agent_id}" if run.last_agent_id else "",
+        conversation=f"conversations/{run.conversation_id}",
+        state=State.ValueType(run.state),
+        input=run.input,
+        final_output=run.final_output,
+        items=[json_format.ParseDict(item, runner_pb2.RunItem()) for item in run.items],
+        usage=common_pb2.Usage(**run.usage),
+        credits=run.credits,
+        trace=f"traces/{run.trace_id}" if run.trace_id else "",
+        create_time=timestamp(run.create_time),
+        agent_revision=run.agent_revision,
+        max_credits=run.max_credits,
+    )
+    if run.structured_output is not None:
+        json_format.ParseDict(run.structured_output, message.structured_output)
+    if run.error:
+        message.error.ParseFromString(run.error)
+    if run.end_time:
+        message.end_time.CopyFrom(timestamp(run.end_time))
+    return message
+
+
+def approval_proto(approval: records.Approval) -> runner_pb2.Approval:
+    message = runner_pb2.Approval(
+        name=APPROVAL.format(approval.run_id, approval.id),
+        agent=f"agents/{approval.agent_id}",
+        tool_name=approval.tool_name,
+        arguments=approval.arguments,
+        state=Approval.State.ValueType(approval.state),
+        reason=approval.reason,
+        create_time=timestamp(approval.create_time),
+        decided_by=approval.decided_by,
+        expire_time=timestamp(approval.expire_time),
+        call_id=approval.call_id,
+    )
+    if approval.decide_time:
+        message.decide_time.CopyFrom(timestamp(approval.decide_time))
+    return message
+
+
+def failure(error: BaseException) -> status_pb2.Status:
+    """Why a run failed, as the google.rpc.Status an RPC error would carry.
+
+    Messages are ours: a provider's own error text may quote the key it rejected.
+    """
+    if isinstance(error, ServiceError):
+        return error.to_status()
+    if isinstance(error, MaxTurnsExceeded):
+        return FailedPrecondition(
+            "the run took more turns than max_turns allows", reason="MAX_TURNS_EXCEEDED"
+        ).to_status()
+    if isinstance(error, ModelBehaviorError):
+        return FailedPrecondition(str(error)[:1000], reason="MODEL_BEHAVIOR").to_status()
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return FailedPrecondition(
+            f"the model provider refused its API key (HTTP {error.status_code}); "
+            "update the provider's key",
+            reason="PROVIDER_UNAUTHENTICATED",
+        ).to_status()
+    if isinstance(error, openai.RateLimitError):
+        return Unavailable(
+            "the model provider is rate limiting (HTTP 429)",
+            retry_after_seconds=10,
+            reason="PROVIDER_RATE_LIMITED",
+        ).to_status()
+    if isinstance(error, openai.APIStatusError):
+        return Unavailable(
+            f"the model provider answered HTTP {error.status_code}", reason="PROVIDER_ERROR"
+        ).to_status()
+    if isinstance(error, openai.APITimeoutError):
+        return Unavailable(
+            "the model provider did not answer in time", reason="PROVIDER_TIMEOUT"
+        ).to_status()
+    if isinstance(error, openai.APIConnectionError):
+        return Unavailable(
+            "the model provider cannot be reached", reason="PROVIDER_UNREACHABLE"
+        ).to_status()
+    if isinstance(error, AgentsException):
+        return FailedPrecondition(str(error)[:1000], reason="RUN_FAILED").to_status()
+    reference = new_id()[:12]
+    log.error("run failed: reference=%s", reference, exc_info=error)
+    return internal_status(reference)
+
+
+@dataclass
+class Start:
+    """A new run: its input is the run's, its context the merged context values."""
+
+    context: dict[str, Any]
+
+
+@dataclass
+class Resume:
+    """A paused run going on: its SDK state, and each call's decision by call id."""
+
+    state: str
+    decisions: dict[str, tuple[bool, str]]
+
+
+@dataclass
+class Execution:
+    """A run live in this process: its events so far, and who waits for more."""
+
+    run: records.Run
+    log: list[runner_pb2.RunEvent] = field(default_factory=list)
+    saved: int = 0  # events up to this sequence are in the database
+    task: asyncio.Task | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def emit(self, **event: Any) -> runner_pb2.RunEvent:
+        message = runner_pb2.RunEvent(sequence=len(self.log) + 1, **event)
+        self.log.append(message)
+        self.changed.set()
+        return message
+
+    def unsaved(self) -> list[tuple[int, bytes]]:
+        events = [(e.sequence, e.SerializeToString()) for e in self.log[self.saved :]]
+        self.saved = len(self.log)
+        return events
+
+    async def events(self, after: int = 0) -> AsyncIterator[runner_pb2.RunEvent]:
+        """Every event after `after`, then each new one, until the run ends or pauses."""
+        position = after
+        while True:
+            self.changed.clear()
+            while position < len(self.log):
+                position += 1
+                yield self.log[position - 1]
+            if self.done.is_set():
+                return
+            await self.changed.wait()
+
+
+class _Deltas:
+    """Coalesces text deltas: a client gets words, not one message per token."""
+
+    def __init__(self, execution: Execution):
+        self._execution = execution
+        self._agent = ""
+        self._text: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, agent: str, delta: str) -> None:
+        if agent != self._agent:
+            self.flush()
+            self._agent = agent
+        self._text.append(delta)
+        if sum(map(len, self._text)) >= _DELTA_CHARS:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_DELTA_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._text:
+            text, self._text = "".join(self._text), []
+            self._execution.emit(
+                text_delta=runner_pb2.RunEvent.TextDelta(agent=f"agents/{self._agent}", delta=text)
+            )
+
+
+class _Metering(RunHooks[Any]):
+    """Prices each model call as it ends and keeps the run's hold ahead of it."""
+
+    def __init__(self, execution: Execution, credits: Credits, hold: Hold):
+        self._execution = execution
+        self._credits = credits
+        self._hold = hold
+        self.usage_events: list[events_pb2.UsageRecorded] = []
+        self.credits = 0  # what this leg of the run has cost so far
+
+    async def on_llm_end(self, context: Any, agent: Any, response: ModelResponse) -> None:
+        model = getattr(agent.model, "model", "") or ""
+        usage = usage_dict(response.usage)
+        price = self._credits.price(str(model))
+        credits = cost(usage, price)
+        self.credits += credits
+        run = self._execution.run
+        self.usage_events.append(
+            events_pb2.UsageRecorded(
+                run=RUN.format(run.id),
+                user=f"users/{run.user_id}",
+                agent=f"agents/{agent.name}",
+                model=str(model),
+                usage=common_pb2.Usage(**usage),
+                time=timestamp(utc_now()),
+                credits=credits,
+            )
+        )
+        # Raises QuotaExceeded when the hold cannot grow: the run stops here.
+        await self._credits.cover(self._hold, self.credits)
+
+
+class Executor:
+    """Runs in this process, by id, and what they need to run."""
+
+    def __init__(
+        self,
+        store: RunnerStore,
+        definitions: AgentDefinitions,
+        builder: AgentBuilder,
+        credits: Credits,
+        approval_ttl: timedelta,
+        on_saved: Any = None,
+    ):
+        self._store = store
+        self._definitions = definitions
+        self._builder = builder
+        self._credits = credits
+        self._approval_ttl = approval_ttl
+        self._on_saved = on_saved or (lambda: None)
+        self.active: dict[str, Execution] = {}
+        self._stopping = False
+
+    def launch(self, run: records.Run, start: Start | Resume, hold: Hold) -> Execution:
+        execution = Execution(run)
+        execution.emit(run_started=run_proto(run))
+        self.active[run.id] = execution
+        execution.task = asyncio.create_task(
+            self._execute(execution, start, hold), name=f"run-{run.id}"
+        )
+        return execution
+
+    def cancel(self, run_id: str) -> bool:
+        execution = self.active.get(run_id)
+        if execution is None or execution.task is None:
+            return False
+        execution.task.cancel()
+        return True
+
+    async def stop(self) -> None:
+        """Ends every live run (the process is going away)."""
+        self._stopping = True
+        tasks = [e.task for e in self.active.values() if e.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _execute(self, execution: Execution, start: Start | Resume, hold: Hold) -> None:
+        run = execution.run
+        metering = _Metering(execution, self._credits, hold)
+        deltas = _Deltas(execution)
+        result = None
+        try:
+            graph = await self._definitions.graph(
+                f"users/{run.user_id}", run.agent_id, run.revisions
+            )
+            starting = await self._builder.build(f"users/{run.user_id}", graph, run.agent_id)
+            source: Any = run.input
+            context = start.context if isinstance(start, Start) else None
+            if isinstance(start, Resume):  # its state, with the approvals' decisions applied
+                source = await RunState.from_string(starting, start.state)
+                _apply_decisions(source, start.decisions)
+            result = Runner.run_streamed(
+                starting,
+                source,
+                max_turns=run.max_turns,
+                hooks=metering,
+                session=ConversationSession(self._store, run.conversation_id, run.id),
+                run_config=RunConfig(
+                    workflow_name=f"agents/{run.agent_id}",
+                    trace_id=run.trace_id,
+                    group_id=run.conversation_id,
+                ),
+                context=context,
+            )
+            async for event in result.stream_events():
+                self._translate(execution, deltas, event)
+            deltas.flush()
+            run.last_agent_id = result.last_agent.name
+            if result.interruptions:
+                await self._pause(execution, result, metering, hold)
+                return
+            self._succeed(run, result.final_output)
+        except asyncio.CancelledError:
+            if result is not None:
+                result.cancel()
+            run.state = State.STATE_FAILED if self._stopping else State.STATE_CANCELLED
+            if self._stopping:
+                run.error = (
+                    Unavailable("the runner stopped during the run", reason="RUNNER_STOPPED")
+                    .to_status()
+                    .SerializeToString()
+                )
+        except (InputGuardrailTripwireTriggered, OutputGuardrailTripwireTriggered) as tripped:
+            run.state = State.STATE_BLOCKED
+            info = tripped.guardrail_result.output.output_info or {}
+            run.final_output = info.get("message") or (
+                f"blocked by the guardrail {info.get('name', '')!r}"
+            )
+        except BaseException as error:  # noqa: BLE001 - every failure ends the run with a status
+            run.state = State.STATE_FAILED
+            run.error = failure(error).SerializeToString()
+        finally:
+            deltas.flush()
+        await self._end(execution, result, metering, hold)
+
+    def _succeed(self, run: records.Run, output: Any) -> None:
+        run.state = State.STATE_SUCCEEDED
+        if isinstance(output, str):
+            run.final_output = output
+        else:
+            run.structured_output = output
+            run.final_output = json.dumps(output)
+
+    def _translate(self, execution: Execution, deltas: _Deltas, event: Any) -> None:
+        if event.type == "raw_response_event":
+            if getattr(event.data, "type", "") == "response.output_text.delta":
+                deltas.add(execution.run.last_agent_id or execution.run.agent_id, event.data.delta)
+            return
+        deltas.flush()
+        if event.type == "agent_updated_stream_event":
+            execution.run.last_agent_id = event.new_agent.name
+            execution.emit(agent_updated=f"agents/{event.new_agent.name}")
+            return
+        item = _run_item(event)
+        if item is not None:
+            execution.run.items.append(json_format.MessageToDict(item))
+            execution.emit(item=item)
+
+    async def _pause(
+        self, execution: Execution, result: Any, metering: _Metering, hold: Hold
+    ) -> None:
+        run = execution.run
+        now = utc_now()
+        approvals = [
+            records.Approval(
+                id=new_id(),
+                run_id=run.id,
+                user_id=run.user_id,
+                call_id=str(item.call_id or ""),
+                agent_id=item.agent.name,
+                tool_name=str(item.name or item.tool_name or ""),
+                arguments=str(item.arguments or "{}"),
+                state=Approval.STATE_PENDING,
+                create_time=now,
+                expire_time=now + self._approval_ttl,
+            )
+            for item in result.interruptions
+        ]
+        run.state = State.STATE_AWAITING_APPROVAL
+        run.paused_state = result.to_state().to_string()
+        await self._charge(run, result, metering, hold)
+        run.update_time = utc_now()
+        for approval in approvals:
+            execution.emit(approval_required=approval_proto(approval))
+        execution.emit(run_finished=run_proto(run))
+        await self._store.pause_run(
+            run, approvals, execution.unsaved(), [*metering.usage_events, _changed(run)]
+        )
+        self._finish(execution)
+
+    async def _end(
+        self, execution: Execution, result: Any, metering: _Metering, hold: Hold
+    ) -> None:
+        run = execution.run
+        run.paused_state = None
+        try:
+            await self._charge(run, result, metering, hold)
+        except ServiceError as error:
+            log.warning("settling credits of runs/%s failed: %s", run.id, error.message)
+        run.end_time = run.update_time = utc_now()
+        execution.emit(run_finished=run_proto(run))
+        await self._store.save_run(
+            run,
+            execution.unsaved(),
+            [*metering.usage_events, _changed(run)],
+            release_conversation=True,
+        )
+        self._finish(execution)
+
+    async def _charge(self, run: records.Run, result: Any, metering: _Metering, hold: Hold) -> None:
+        if result is not None:
+            # A resumed RunState carries the usage from before its pause.
+            run.usage = usage_dict(result.context_wrapper.usage)
+        run.credits += await self._credits.settle(hold, metering.credits)
+
+    def _finish(self, execution: Execution) -> None:
+        execution.done.set()
+        execution.changed.set()
+        self.active.pop(execution.run.id, None)
+        self._on_saved()
+
+
+def _apply_decisions(state: RunState, decisions: dict[str, tuple[bool, str]]) -> None:
+    for interruption in state.get_interruptions():
+        approved, reason = decisions.get(str(interruption.call_id), (False, "no decision"))
+        if approved:
+            state.approve(interruption)
+        else:
+            state.reject(interruption, rejection_message=reason or "the call was not approved")
+
+
+def _changed(run: records.Run) -> events_pb2.RunChanged:
+    return events_pb2.RunChanged(
+        run=RUN.format(run.id),
+        user=f"users/{run.user_id}",
+        agent=f"agents/{run.agent_id}",
+        state=State.ValueType(run.state),
+        time=timestamp(utc_now()),
+    )
+
+
+def _run_item(event: Any) -> runner_pb2.RunItem | None:
+    if event.type != "run_item_stream_event":
+        return None
+    item, agent = event.item, f"agents/{event.item.agent.name}"
+    Type = runner_pb2.RunItem.Type
+    if event.name == "message_output_created":
+        return runner_pb2.RunItem(
+            type=Type.TYPE_MESSAGE, agent=agent, text=ItemHelpers.text_message_output(item)
+        )
+    if event.name == "tool_called":
+        raw = item.raw_item
+        name = raw.get("name") if isinstance(raw, dict) else getattr(raw, "name", "")
+        arguments = raw.get("arguments") if isinstance(raw, dict) else getattr(raw, "arguments", "")
+        return runner_pb2.RunItem(
+            type=Type.TYPE_TOOL_CALL,
+            agent=agent,
+            tool_name=str(name or ""),
+            call_id=str(item.call_id or ""),
+            data=str(arguments or ""),
+        )
+    if event.name == "tool_output":
+        output = (
+            item.output if isinstance(item.output, str) else json.dumps(item.output, default=str)
+        )
+        return runner_pb2.RunItem(
+            type=Type.TYPE_TOOL_OUTPUT, agent=agent, call_id=str(item.call_id or ""), data=output
+        )
+    if event.name == "handoff_occured":
+        return runner_pb2.RunItem(
+            type=Type.TYPE_HANDOFF, agent=agent, text=f"agents/{item.target_agent.name}"
+        )
+    if event.name == "reasoning_item_created":
+        return runner_pb2.RunItem(type=Type.TYPE_REASONING, agent=agent)
+    return None

@@ -1,0 +1,90 @@
+"""Models for runs, backed by the providers service.
+
+Credentials come from the service-only ResolveCredentials and are cached per
+(user, provider) until `providers.changed`; an AsyncOpenAI client is kept open per
+(user, provider, key version) and reused by every run. OpenAI itself is spoken to
+through the Responses API, every other provider through Chat Completions at its
+base_url. Clients for user-given URLs go through the outbound guard.
+"""
+
+from __future__ import annotations
+
+import grpc
+import openai
+from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
+
+from agentmesh.errors import PeerError
+from agentmesh.gen.providers.v1 import events_pb2, providers_pb2, providers_pb2_grpc
+from agentmesh.outbound import OutboundPolicy, guarded_http_client
+
+# Models are slow to answer in full; the guard's deadline is per request.
+_MODEL_TIMEOUT_SECONDS = 300.0
+
+
+class Models:
+    def __init__(self, providers: grpc.aio.Channel, outbound_allow: list[str], default_model: str):
+        self._providers = providers_pb2_grpc.ProviderServiceStub(providers)
+        self._policy = OutboundPolicy(outbound_allow)
+        self._default_model = default_model
+        self._credentials: dict[tuple[str, str], providers_pb2.Credentials] = {}
+        self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
+
+    async def model(self, user: str, provider: str, model_name: str) -> Model:
+        """The model an agent of `user` runs on: `provider` (empty: the user's default,
+        then the system default) serving `model_name` (empty: the provider's default)."""
+        credentials = await self._resolve(user, provider)
+        client = self._client(user, credentials)
+        name = model_name or credentials.default_model or self._default_model
+        if credentials.type == providers_pb2.PROVIDER_TYPE_OPENAI:
+            return OpenAIResponsesModel(name, client)
+        return OpenAIChatCompletionsModel(name, client)
+
+    async def _resolve(self, user: str, provider: str) -> providers_pb2.Credentials:
+        key = (user, provider)
+        if key not in self._credentials:
+            try:
+                self._credentials[key] = await self._providers.ResolveCredentials(
+                    providers_pb2.ResolveCredentialsRequest(user=user, provider=provider),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise PeerError.of(error) from None
+        return self._credentials[key]
+
+    def _client(self, user: str, credentials: providers_pb2.Credentials) -> openai.AsyncOpenAI:
+        key = (user, credentials.provider, credentials.version)
+        if key not in self._clients:
+            # The system default (no provider) is the operator's own choice of URL;
+            # a user's provider URL is the user's, and goes through the guard.
+            http_client = None
+            if credentials.provider:
+                http_client = guarded_http_client(
+                    self._policy, timeout=_MODEL_TIMEOUT_SECONDS, deadline=_MODEL_TIMEOUT_SECONDS
+                )
+            headers = dict(credentials.extra_headers)
+            query = {}
+            if credentials.HasField("azure_openai"):
+                query["api-version"] = credentials.azure_openai.api_version
+            if credentials.HasField("anthropic") and credentials.anthropic.anthropic_version:
+                headers["anthropic-version"] = credentials.anthropic.anthropic_version
+            self._clients[key] = openai.AsyncOpenAI(
+                base_url=credentials.base_url,
+                api_key=credentials.api_key or "unused",
+                organization=credentials.organization or None,
+                default_headers=headers or None,
+                default_query=query or None,
+                http_client=http_client,
+                # The runner reports a provider's failure; retrying is the caller's call.
+                max_retries=0,
+            )
+        return self._clients[key]
+
+    def forget(self, event: events_pb2.ProviderChanged) -> None:
+        """A provider changed: its credentials are read again, and the user's default too."""
+        for key in [k for k in self._credentials if k[0] == event.user]:
+            del self._credentials[key]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,411 @@
+"""gRPC servicer of the runner: protos in, runs started, watched and governed, protos out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+from google.protobuf import empty_pb2, json_format
+
+from agentmesh import paging
+from agentmesh.api import timestamp
+from agentmesh.auth import Principal, current_user
+from agentmesh.errors import FailedPrecondition, ServiceError, Unimplemented
+from agentmesh.gen.runner.v1 import runner_pb2, runner_pb2_grpc
+from agentmesh.ids import new_id, utc_now
+from agentmesh.names import ResourceName
+from services.runner import records
+from services.runner.build import check_runnable
+from services.runner.credits import Credits
+from services.runner.definitions import AgentDefinitions
+from services.runner.execute import (
+    APPROVAL,
+    ENDED,
+    RUN,
+    Execution,
+    Executor,
+    Resume,
+    Start,
+    State,
+    approval_proto,
+    failure,
+    run_proto,
+)
+from services.runner.store import ConversationBusy, RunnerStore
+
+log = logging.getLogger("agentmesh.runner")
+Approval = runner_pb2.Approval
+Decision = runner_pb2.ResolveApprovalRequest.Decision
+CONVERSATION = ResourceName.of(runner_pb2.Conversation)
+# agents/{agent} or agents/{agent}@{revision}; the request was validated already.
+_AGENT_AT = re.compile(r"agents/([A-Za-z0-9_-]+)(?:@([A-Za-z0-9_-]+))?")
+_DEFAULT_MAX_TURNS = 10
+# How often a watcher of a run live in another process looks for its end.
+_WATCH_POLL_SECONDS = 0.25
+
+
+def _cap(request_cap: int, agent_cap: int) -> int:
+    """The run's credit cap: a request may lower its agent's cap, never raise it."""
+    caps = [cap for cap in (request_cap, agent_cap) if cap]
+    return min(caps) if caps else 0
+
+
+def _conversation_proto(conversation: records.Conversation) -> runner_pb2.Conversation:
+    return runner_pb2.Conversation(
+        name=CONVERSATION.format(conversation.id),
+        agent=f"agents/{conversation.agent_id}",
+        item_count=conversation.item_count,
+        active_run=RUN.format(conversation.active_run) if conversation.active_run else "",
+        create_time=timestamp(conversation.create_time),
+        update_time=timestamp(conversation.update_time),
+    )
+
+
+def _text(data: dict) -> str:
+    """What a person reads of an item: a message's text, or a tool call's output."""
+    content = data.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    output = data.get("output")
+    return output if isinstance(output, str) else ""
+
+
+def _item_proto(item: records.ConversationItem) -> runner_pb2.ConversationItem:
+    data = item.item
+    message = runner_pb2.ConversationItem(
+        sequence=item.seq,
+        role=str(data.get("role", "")),
+        type=str(data.get("type", "message")),
+        text=_text(data),
+        run=RUN.format(item.run_id),
+        create_time=timestamp(item.create_time),
+    )
+    json_format.ParseDict(data, message.data)
+    return message
+
+
+class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
+    def __init__(
+        self,
+        store: RunnerStore,
+        definitions: AgentDefinitions,
+        executor: Executor,
+        credits: Credits,
+    ):
+        self._store = store
+        self._definitions = definitions
+        self._executor = executor
+        self._credits = credits
+
+    # ---- starting runs ----------------------------------------------------------
+
+    async def _start(
+        self, request: runner_pb2.RunAgentRequest
+    ) -> tuple[records.Run, Execution | None]:
+        user = current_user()
+        if request.request_id:
+            earlier = await self._store.run_by_request(user.user_id, request.request_id)
+            if earlier is not None:
+                return earlier, self._executor.active.get(earlier.id)
+        match = _AGENT_AT.fullmatch(request.agent)
+        assert match is not None
+        agent_id, revision = match.group(1), match.group(2) or ""
+        graph = await self._definitions.graph(
+            user.user, agent_id, {agent_id: revision} if revision else {}
+        )
+        check_runnable(graph)
+        definition = graph[agent_id]
+        context = await self._definitions.context_values(user.user, agent_id, request.context)
+        context.update(json_format.MessageToDict(request.context_values))
+        conversation_id, new_conversation = new_id(), True
+        if request.conversation:
+            conversation_id = CONVERSATION.id(request.conversation)
+            await self._store.get_conversation(user.user_id, conversation_id)  # NotFound
+            new_conversation = False
+        now = utc_now()
+        run = records.Run(
+            id=new_id(),
+            user_id=user.user_id,
+            agent_id=agent_id,
+            revisions={id_: agent.revision_id for id_, agent in graph.items()},
+            conversation_id=conversation_id,
+            state=State.STATE_RUNNING,
+            input=request.input,
+            create_time=now,
+            update_time=now,
+            max_credits=_cap(request.max_credits, definition.max_credits_per_run),
+            max_turns=request.max_turns or _DEFAULT_MAX_TURNS,
+            request_id=request.request_id,
+            trace_id=f"trace_{new_id()}",
+            last_agent_id=agent_id,
+        )
+        # Credits before anything runs: not enough is RESOURCE_EXHAUSTED, no model call.
+        hold = await self._credits.hold(user.user, run.max_credits)
+        try:
+            stored = await self._store.start_run(run, new_conversation)
+        except ConversationBusy:
+            await self._credits.settle(hold, 0)
+            if request.busy_policy not in (
+                runner_pb2.BUSY_POLICY_UNSPECIFIED,
+                runner_pb2.BUSY_POLICY_REJECT,
+            ):
+                raise Unimplemented(
+                    f"{runner_pb2.BusyPolicy.Name(request.busy_policy)} is not served yet: "
+                    "the conversation is busy and only BUSY_POLICY_REJECT applies"
+                ) from None
+            raise
+        except BaseException:
+            await self._credits.settle(hold, 0)
+            raise
+        if stored is not run:  # a retry raced its first request, which won
+            await self._credits.settle(hold, 0)
+            return stored, self._executor.active.get(stored.id)
+        return run, self._executor.launch(run, Start(context), hold)
+
+    async def RunAgent(
+        self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Run:
+        run, execution = await self._start(request)
+        if execution is None:
+            return run_proto(run)
+        try:
+            await execution.done.wait()
+        except asyncio.CancelledError:
+            self._executor.cancel(run.id)  # the caller hung up: the run ends with it
+            raise
+        return run_proto(execution.run)
+
+    async def StreamRun(
+        self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runner_pb2.RunEvent]:
+        run, execution = await self._start(request)
+        async for event in self._events(run, execution, 0, started_here=True):
+            yield event
+
+    async def SubmitRun(
+        self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Run:
+        raise Unimplemented(
+            "SubmitRun (runs queued for any runner replica) is not served yet; "
+            "use RunAgent or StreamRun"
+        )
+
+    async def _events(
+        self, run: records.Run, execution: Execution | None, after: int, started_here: bool
+    ) -> AsyncIterator[runner_pb2.RunEvent]:
+        if execution is not None:
+            try:
+                async for event in execution.events(after):
+                    yield event
+            except (asyncio.CancelledError, GeneratorExit):
+                # A client that hangs up on the run it started cancels it; a
+                # watcher that hangs up only stops watching.
+                if started_here:
+                    self._executor.cancel(run.id)
+                raise
+            return
+        # The run lives elsewhere or has ended: its events are written when it
+        # pauses or ends.
+        while True:
+            for payload in await self._store.events_after(run.id, after):
+                event = runner_pb2.RunEvent.FromString(payload)
+                after = event.sequence
+                yield event
+            current = await self._store.get_run(run.user_id, run.id)
+            if current.state in ENDED or current.state == State.STATE_AWAITING_APPROVAL:
+                if not await self._store.events_after(run.id, after):
+                    return
+                continue
+            await asyncio.sleep(_WATCH_POLL_SECONDS)
+
+    async def WatchRun(
+        self, request: runner_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runner_pb2.RunEvent]:
+        run = await self._store.get_run(current_user().user_id, RUN.id(request.name))
+        execution = self._executor.active.get(run.id)
+        async for event in self._events(run, execution, request.after_sequence, started_here=False):
+            yield event
+
+    # ---- reading and governing runs ---------------------------------------------
+
+    async def GetRun(
+        self, request: runner_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Run:
+        run_id = RUN.id(request.name)
+        if execution := self._executor.active.get(run_id):
+            if execution.run.user_id == current_user().user_id:
+                return run_proto(execution.run)
+        return run_proto(await self._store.get_run(current_user().user_id, run_id))
+
+    async def ListRuns(
+        self, request: runner_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListRunsResponse:
+        page = await self._store.list_runs(
+            current_user().user_id,
+            request.agent.removeprefix("agents/"),
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return runner_pb2.ListRunsResponse(
+            runs=[run_proto(run) for run in page.items],
+            next_page_token=paging.next_page_token(page.last_seq),
+        )
+
+    async def CancelRun(
+        self, request: runner_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Run:
+        user = current_user()
+        run = await self._store.get_run(user.user_id, RUN.id(request.name))
+        if run.state in ENDED:
+            return run_proto(run)
+        if execution := self._executor.active.get(run.id):
+            self._executor.cancel(run.id)
+            await execution.done.wait()
+            return run_proto(execution.run)
+        if run.state == State.STATE_AWAITING_APPROVAL and await self._store.claim_run(
+            run.id, State.STATE_AWAITING_APPROVAL, State.STATE_CANCELLED
+        ):
+            run.state, run.paused_state = State.STATE_CANCELLED, None
+            run.end_time = run.update_time = utc_now()
+            await self._store.save_run(run, release_conversation=True)
+            return run_proto(run)
+        raise FailedPrecondition(
+            f"{request.name} is running in another runner process; cancel it there",
+            reason="RUN_ELSEWHERE",
+        )
+
+    # ---- approvals -----------------------------------------------------------------
+
+    async def ListApprovals(
+        self, request: runner_pb2.ListApprovalsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListApprovalsResponse:
+        page = await self._store.list_approvals(
+            current_user().user_id,
+            RUN.id(request.parent),
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return runner_pb2.ListApprovalsResponse(
+            approvals=[approval_proto(a) for a in page.items],
+            next_page_token=paging.next_page_token(page.last_seq),
+        )
+
+    async def ResolveApproval(
+        self, request: runner_pb2.ResolveApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Approval:
+        user = current_user()
+        run_id, approval_id = APPROVAL.parse(request.name)
+        approval = await self._store.get_approval(user.user_id, run_id, approval_id)
+        if approval.state == Approval.STATE_PENDING and approval.expire_time <= utc_now():
+            await self.expire(approval)
+            approval = await self._store.get_approval(user.user_id, run_id, approval_id)
+        approve = request.decision == Decision.DECISION_APPROVE
+        state = Approval.STATE_APPROVED if approve else Approval.STATE_REJECTED
+        if approval.state != Approval.STATE_PENDING or not await self._store.decide_approval(
+            approval, state, Approval.STATE_PENDING, request.reason, user.user
+        ):
+            decided = await self._store.get_approval(user.user_id, run_id, approval_id)
+            raise FailedPrecondition(
+                f"{request.name} was decided already: {Approval.State.Name(decided.state)}"
+                + (f" by {decided.decided_by}" if decided.decided_by else "")
+                + (f" ({decided.reason})" if decided.reason else ""),
+                reason="APPROVAL_DECIDED",
+            )
+        await self.resume_if_decided(user, run_id)
+        return approval_proto(await self._store.get_approval(user.user_id, run_id, approval_id))
+
+    async def expire(self, approval: records.Approval) -> None:
+        reason = f"no one decided by {approval.expire_time.isoformat()}: the call expired"
+        await self._store.decide_approval(
+            approval, Approval.STATE_EXPIRED, Approval.STATE_PENDING, reason, ""
+        )
+
+    async def resume_if_decided(self, user: Principal | str, run_id: str) -> None:
+        """Once no call of a paused run waits, the run goes on here: exactly one
+        process wins the claim, whichever resolved the last approval."""
+        user_id = user.user_id if isinstance(user, Principal) else user
+        approvals = await self._store.approvals_of(run_id)
+        if any(a.state == Approval.STATE_PENDING for a in approvals):
+            return
+        if not await self._store.claim_run(
+            run_id, State.STATE_AWAITING_APPROVAL, State.STATE_RUNNING
+        ):
+            return
+        run = await self._store.get_run(user_id, run_id)
+        assert run.paused_state is not None
+        decisions = {a.call_id: (a.state == Approval.STATE_APPROVED, a.reason) for a in approvals}
+        try:
+            hold = await self._credits.hold(f"users/{user_id}", run.max_credits)
+        except ServiceError as error:
+            run.state, run.paused_state = State.STATE_FAILED, None
+            run.error = failure(error).SerializeToString()
+            run.end_time = run.update_time = utc_now()
+            await self._store.save_run(run, release_conversation=True)
+            return
+        self._executor.launch(run, Resume(run.paused_state, decisions), hold)
+
+    # ---- conversations ------------------------------------------------------------
+
+    async def GetConversation(
+        self, request: runner_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Conversation:
+        conversation = await self._store.get_conversation(
+            current_user().user_id, CONVERSATION.id(request.name)
+        )
+        return _conversation_proto(conversation)
+
+    async def ListConversations(
+        self, request: runner_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListConversationsResponse:
+        page = await self._store.list_conversations(
+            current_user().user_id,
+            request.agent.removeprefix("agents/"),
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return runner_pb2.ListConversationsResponse(
+            conversations=[_conversation_proto(c) for c in page.items],
+            next_page_token=paging.next_page_token(page.last_seq),
+        )
+
+    async def DeleteConversation(
+        self, request: runner_pb2.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._store.delete_conversation(current_user().user_id, CONVERSATION.id(request.name))
+        return empty_pb2.Empty()
+
+    async def ListConversationItems(
+        self, request: runner_pb2.ListConversationItemsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListConversationItemsResponse:
+        page = await self._store.list_items(
+            current_user().user_id,
+            CONVERSATION.id(request.parent),
+            paging.decode_page_token(request.page_token),
+            paging.page_size(request.page_size),
+        )
+        return runner_pb2.ListConversationItemsResponse(
+            items=[_item_proto(item) for item in page.items],
+            next_page_token=paging.next_page_token(page.last_seq),
+        )
+
+
+async def sweep_expired_approvals(
+    servicer: RunnerServicer, store: RunnerStore, every: timedelta
+) -> None:
+    """Rejects calls no one decided in time, and lets their runs go on."""
+    while True:
+        await asyncio.sleep(every.total_seconds())
+        try:
+            for approval in await store.expired_approvals(Approval.STATE_PENDING, utc_now()):
+                await servicer.expire(approval)
+                await servicer.resume_if_decided(approval.user_id, approval.run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a sweep that fails is tried again next time
+            log.exception("sweeping approvals failed")

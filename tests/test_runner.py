@@ -1,0 +1,709 @@
+"""Runs of registry agents through the running mesh, on a model server the test scripts.
+
+Every user here has its own provider pointing at its own stand-in model server, so
+each test scripts exactly what the model answers and reads exactly what it was sent,
+over the real openai client and HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from aiohttp import web
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2
+from rpc_helpers import details_of
+from support import Users, expect_rpc_error, running_mesh
+
+from agentmesh.client import Client
+from agentmesh.gen.providers.v1 import providers_pb2 as p
+from agentmesh.gen.registry.v1 import account_pb2 as a
+from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.runner.v1 import runner_pb2 as rn
+from agentmesh.mesh import Mesh
+from agentmesh.model_server import ModelServer, Reply, ToolCall
+
+State = rn.Run.State
+KEY = "sk-runner-test-" + "k" * 24
+
+
+@pytest.fixture(scope="module")
+async def runner_mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
+    data_dir = tmp_path_factory.mktemp("runner")
+    async with running_mesh(
+        data_dir, outbound_allow=["127.0.0.1"], approval_sweep_seconds=0.2
+    ) as mesh:
+        yield mesh
+
+
+@pytest.fixture
+async def users(runner_mesh) -> AsyncIterator[Users]:
+    factory = Users(runner_mesh)
+    yield factory
+    await factory.close()
+
+
+@dataclass
+class Tenant:
+    client: Client
+    user: a.User
+    model: ModelServer
+
+    async def agent(self, agent_id: str, **fields) -> r.Agent:
+        return await self.client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
+        )
+
+    async def run(self, agent: str, text: str = "hello", **fields) -> rn.Run:
+        return await self.client.runner.RunAgent(
+            rn.RunAgentRequest(agent=agent, input=text, **fields)
+        )
+
+    async def balance(self) -> a.CreditBalance:
+        return await self.client.accounts.GetCreditBalance(
+            a.GetCreditBalanceRequest(name=f"{self.user.name}/creditBalance")
+        )
+
+
+@pytest.fixture
+async def tenant(users) -> AsyncIterator[Tenant]:
+    """A user with credits, and a default provider: its own scripted model server."""
+    async with ModelServer(api_key=KEY) as model:
+        client, user = await users.new(credits=1000)
+        await client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="scripted",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=model.base_url,
+                    api_key=KEY,
+                    is_default=True,
+                )
+            )
+        )
+        yield Tenant(client, user, model)
+
+
+def http_tool(name: str, url: str, **fields) -> r.Tool:
+    return r.Tool(name=name, function=r.FunctionTool(http=r.HttpFunction(url=url)), **fields)
+
+
+def struct(value: dict) -> struct_pb2.Struct:
+    return json_format.ParseDict(value, struct_pb2.Struct())
+
+
+async def eventually(check, within: float = 10.0):
+    """What `check` returns once it returns something true (it reads the server's state)."""
+    async with asyncio.timeout(within):
+        while not (result := await check()):  # noqa: ASYNC110 - the state is the server's
+            await asyncio.sleep(0.05)
+    return result
+
+
+# ---- plain runs ------------------------------------------------------------------
+
+
+async def test_a_run_answers_and_records_usage_credits_and_conversation(tenant):
+    agent = await tenant.agent("helper", instructions="Be brief.")
+    tenant.model.enqueue(Reply(text="hi there"))
+    run = await tenant.run(agent.name, "hello")
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    assert (run.final_output, run.agent, run.last_agent) == ("hi there", agent.name, agent.name)
+    assert run.usage.requests == 1 and run.usage.input_tokens > 0 and run.usage.output_tokens == 2
+    assert run.credits >= 1 and run.agent_revision == agent.revision_id
+    assert run.conversation.startswith("conversations/") and run.trace.startswith("traces/trace_")
+    assert (await tenant.balance()).balance == 1000 - run.credits
+    # The model got the agent's instructions and the user's text.
+    body = tenant.model.requests[-1].body
+    assert body["messages"][0]["content"] == "Be brief."
+    assert body["messages"][-1] == {"role": "user", "content": "hello"}
+    assert await tenant.client.runner.GetRun(rn.GetRunRequest(name=run.name)) == run
+    listed = await tenant.client.runner.ListRuns(rn.ListRunsRequest(agent=agent.name))
+    assert [listed_run.name for listed_run in listed.runs] == [run.name]
+
+
+async def test_streamed_events_come_in_order_and_deltas_make_the_answer(tenant):
+    agent = await tenant.agent("streamer")
+    words = " ".join(f"word{i}" for i in range(200))
+    tenant.model.enqueue(Reply(text=words))
+    events = [
+        event
+        async for event in tenant.client.runner.StreamRun(
+            rn.RunAgentRequest(agent=agent.name, input="talk")
+        )
+    ]
+    kinds = [event.WhichOneof("event") for event in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+    deltas = [event.text_delta.delta for event in events if event.HasField("text_delta")]
+    assert "".join(deltas) == words
+    # Coalesced: far fewer messages than the server's 200 word-sized deltas.
+    assert 1 < len(deltas) < 100
+    assert kinds.index("item") > max(i for i, kind in enumerate(kinds) if kind == "text_delta")
+    finished = events[-1].run_finished
+    assert finished.state == State.STATE_SUCCEEDED and finished.final_output == words
+    # A late watcher sees the same events.
+    watched = [
+        event
+        async for event in tenant.client.runner.WatchRun(rn.WatchRunRequest(name=finished.name))
+    ]
+    assert watched == events
+
+
+async def test_a_client_that_hangs_up_cancels_its_run(tenant):
+    agent = await tenant.agent("slow")
+    tenant.model.enqueue(Reply(text="too late", delay_s=30))
+    call = tenant.client.runner.StreamRun(rn.RunAgentRequest(agent=agent.name, input="x"))
+    first = await call.read()
+    assert first.HasField("run_started")
+    call.cancel()
+    run = await eventually(lambda: _ended(tenant.client, first.run_started.name), within=10)
+    assert run.state == State.STATE_CANCELLED
+
+
+ENDED = (State.STATE_SUCCEEDED, State.STATE_FAILED, State.STATE_CANCELLED, State.STATE_BLOCKED)
+
+
+async def _ended(client: Client, name: str) -> rn.Run | None:
+    run = await client.runner.GetRun(rn.GetRunRequest(name=name))
+    return run if run.state in ENDED else None
+
+
+async def test_a_retried_request_returns_the_first_run(tenant):
+    agent = await tenant.agent("once")
+    tenant.model.enqueue(Reply(text="first"))
+    first = await tenant.run(agent.name, request_id="req-1")
+    again = await tenant.run(agent.name, request_id="req-1")
+    assert again == first
+    assert len(tenant.model.requests) == 1
+
+
+# ---- handoffs, agent tools, HTTP tools ---------------------------------------------------
+
+
+async def test_triage_hands_off_to_billing_and_back(tenant):
+    billing = await tenant.agent("billing", handoff_description="invoices")
+    triage = await tenant.agent("triage", handoffs=[billing.name])
+    await tenant.client.registry.AddHandoff(
+        r.AddHandoffRequest(agent=billing.name, target=triage.name)
+    )
+    tenant.model.enqueue(
+        Reply(tool_calls=[ToolCall("transfer_to_billing", {})]),
+        Reply(tool_calls=[ToolCall("transfer_to_triage", {})]),
+        Reply(text="back at triage"),
+    )
+    run = await tenant.run(triage.name, "my invoice")
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    assert (run.final_output, run.last_agent) == ("back at triage", triage.name)
+    handoffs = [item.text for item in run.items if item.type == rn.RunItem.TYPE_HANDOFF]
+    assert handoffs == [billing.name, triage.name]
+
+
+async def test_an_agent_used_as_a_tool(tenant):
+    expert = await tenant.agent("expert", instructions="You are the expert.")
+    main = await tenant.agent(
+        "main", tools=[r.Tool(name="ask_expert", agent=r.AgentTool(agent=expert.name))]
+    )
+    tenant.model.enqueue(
+        Reply(tool_calls=[ToolCall("ask_expert", {"input": "what is 2+2"})]),
+        Reply(text="4, says the expert"),
+        Reply(text="the expert says 4"),
+    )
+    run = await tenant.run(main.name, "ask the expert")
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    outputs = [item.data for item in run.items if item.type == rn.RunItem.TYPE_TOOL_OUTPUT]
+    assert outputs == ["4, says the expert"]
+    # The expert ran on its own instructions and was asked the tool's input.
+    expert_request = tenant.model.requests[1].body["messages"]
+    assert expert_request[0]["content"] == "You are the expert."
+    assert expert_request[-1]["content"] == "what is 2+2"
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[str, list]]:
+    """An HTTP tool server: /echo echoes, /fail answers 500, /away redirects inside."""
+    received: list = []
+
+    async def echo(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"echo": received[-1]})
+
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"error": "sk-should-not-leak"}, status=500)
+
+    async def away(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://127.0.0.2:9/secret")
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    app.router.add_post("/fail", fail)
+    app.router.add_post("/away", away)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
+    await runner.cleanup()
+
+
+async def test_http_tools_post_their_arguments_and_failures_reach_the_model(tenant, endpoint):
+    base, received = endpoint
+    agent = await tenant.agent(
+        "tooluser",
+        tools=[
+            http_tool("lookup", f"{base}/echo"),
+            http_tool("broken", f"{base}/fail"),
+            http_tool("moved", f"{base}/away"),
+        ],
+    )
+    tenant.model.enqueue(
+        Reply(
+            tool_calls=[
+                ToolCall("lookup", {"invoice": "A-1"}),
+                ToolCall("broken", {}),
+                ToolCall("moved", {}),
+            ]
+        ),
+        Reply(text="done"),
+    )
+    run = await tenant.run(agent.name, "look it up")
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    assert received == [{"invoice": "A-1"}]
+    outputs = [item.data for item in run.items if item.type == rn.RunItem.TYPE_TOOL_OUTPUT]
+    assert json.loads(outputs[0]) == {"echo": {"invoice": "A-1"}}
+    assert outputs[1].startswith("error: broken failed") and "sk-should-not-leak" not in outputs[1]
+    assert outputs[2].startswith("error: moved failed")  # a redirect is never followed
+
+
+async def test_a_tool_kind_this_runner_cannot_run_fails_before_any_model_call(tenant):
+    agent = await tenant.agent(
+        "searcher",
+        tools=[
+            r.Tool(
+                name="docs",
+                file_search=r.FileSearchTool(vector_stores=["vectorStores/v1"]),
+            )
+        ],
+    )
+    error = await expect_rpc_error(tenant.run(agent.name), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "'docs'" in error.details() and "file_search" in error.details()
+    assert tenant.model.requests == []
+
+
+# ---- structured output, failures ------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "temp_c": {"type": "number"}},
+    "required": ["city", "temp_c"],
+    "additionalProperties": False,
+}
+
+
+async def test_structured_output_valid_and_broken(tenant):
+    agent = await tenant.agent("weather", output_type=struct(SCHEMA))
+    tenant.model.enqueue(Reply(text=json.dumps({"city": "Oslo", "temp_c": 3.5})))
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    assert json_format.MessageToDict(run.structured_output) == {"city": "Oslo", "temp_c": 3.5}
+    body = tenant.model.requests[-1].body
+    assert body["response_format"]["json_schema"]["schema"]["required"] == ["city", "temp_c"]
+
+    tenant.model.enqueue(Reply(text=json.dumps({"city": "Oslo", "temp_c": "cold"})))
+    broken = await tenant.run(agent.name)
+    assert broken.state == State.STATE_FAILED
+    assert broken.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "temp_c" in broken.error.message
+
+
+async def test_max_turns_exceeded_fails_the_run(tenant):
+    agent = await tenant.agent("looper", tools=[http_tool("spin", "http://127.0.0.1:9/x")])
+    tenant.model.enqueue(*[Reply(tool_calls=[ToolCall("spin", {})])] * 3)
+    run = await tenant.run(agent.name, max_turns=2)
+    assert run.state == State.STATE_FAILED
+    assert "MAX_TURNS_EXCEEDED" in run.error.SerializeToString().decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(401, "PROVIDER_UNAUTHENTICATED"), (500, "PROVIDER_ERROR")]
+)
+async def test_a_provider_error_fails_the_run_with_its_reason_and_no_key(tenant, status, reason):
+    agent = await tenant.agent(f"p{status}")
+    tenant.model.enqueue(Reply(error_status=status))
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_FAILED
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in run.error.details) and info.reason == reason
+    assert KEY not in run.error.SerializeToString().decode(errors="replace")
+
+
+# ---- conversations ------------------------------------------------------------------------
+
+
+async def test_a_conversation_is_remembered_across_runs_and_deleted(tenant):
+    agent = await tenant.agent("chatty")
+    tenant.model.enqueue(Reply(text="nice to meet you, Ada"), Reply(text="you are Ada"))
+    first = await tenant.run(agent.name, "I am Ada")
+    second = await tenant.run(agent.name, "who am I?", conversation=first.conversation)
+    assert second.conversation == first.conversation
+    sent = [m["content"] for m in tenant.model.requests[-1].body["messages"]]
+    assert sent == ["I am Ada", "nice to meet you, Ada", "who am I?"]
+
+    runner = tenant.client.runner
+    conversation = await runner.GetConversation(rn.GetConversationRequest(name=first.conversation))
+    assert conversation.item_count == 4 and conversation.agent == agent.name
+    assert conversation.active_run == ""
+    items = await runner.ListConversationItems(
+        rn.ListConversationItemsRequest(parent=first.conversation, page_size=3)
+    )
+    assert [item.text for item in items.items] == ["I am Ada", "nice to meet you, Ada", "who am I?"]
+    assert [item.run for item in items.items] == [first.name, first.name, second.name]
+    rest = await runner.ListConversationItems(
+        rn.ListConversationItemsRequest(parent=first.conversation, page_token=items.next_page_token)
+    )
+    assert [item.text for item in rest.items] == ["you are Ada"] and not rest.next_page_token
+
+    await runner.DeleteConversation(rn.DeleteConversationRequest(name=first.conversation))
+    await expect_rpc_error(
+        runner.GetConversation(rn.GetConversationRequest(name=first.conversation)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_rpc_error(
+        tenant.run(agent.name, "again", conversation=first.conversation), grpc.StatusCode.NOT_FOUND
+    )
+
+
+async def test_a_second_run_on_a_busy_conversation_is_rejected(tenant):
+    agent = await tenant.agent("busy")
+    tenant.model.enqueue(Reply(text="first"))
+    first = await tenant.run(agent.name)
+    tenant.model.enqueue(Reply(text="slow", delay_s=1.0))
+    slow = asyncio.create_task(tenant.run(agent.name, conversation=first.conversation))
+    await eventually(lambda: _has_active_run(tenant.client, first.conversation))
+    error = await expect_rpc_error(
+        tenant.run(agent.name, conversation=first.conversation), grpc.StatusCode.ABORTED
+    )
+    assert "CONVERSATION_BUSY" in str(error.trailing_metadata())
+    assert (await slow).state == State.STATE_SUCCEEDED
+
+
+async def _has_active_run(client: Client, conversation: str) -> bool:
+    found = await client.runner.GetConversation(rn.GetConversationRequest(name=conversation))
+    return bool(found.active_run)
+
+
+# ---- approvals -----------------------------------------------------------------------------
+
+
+async def _paused(
+    tenant: Tenant, endpoint_url: str, agent_id: str = "payer"
+) -> tuple[rn.Run, list]:
+    agent = await tenant.agent(
+        agent_id, tools=[http_tool("pay", endpoint_url, require_approval=True)]
+    )
+    tenant.model.enqueue(Reply(tool_calls=[ToolCall("pay", {"amount": 5})]))
+    run = await tenant.run(agent.name, "pay it")
+    assert run.state == State.STATE_AWAITING_APPROVAL, run.error
+    approvals = await tenant.client.runner.ListApprovals(rn.ListApprovalsRequest(parent=run.name))
+    return run, list(approvals.approvals)
+
+
+async def test_an_approved_call_runs_and_the_run_completes(tenant, endpoint):
+    base, received = endpoint
+    run, (approval,) = await _paused(tenant, f"{base}/echo")
+    assert (approval.tool_name, json.loads(approval.arguments)) == ("pay", {"amount": 5})
+    assert approval.state == rn.Approval.STATE_PENDING and received == []
+    tenant.model.enqueue(Reply(text="paid"))
+    decided = await tenant.client.runner.ResolveApproval(
+        rn.ResolveApprovalRequest(
+            name=approval.name, decision=rn.ResolveApprovalRequest.DECISION_APPROVE
+        )
+    )
+    assert decided.state == rn.Approval.STATE_APPROVED and decided.decided_by == tenant.user.name
+    done = await eventually(lambda: _ended(tenant.client, run.name))
+    assert (done.state, done.final_output) == (State.STATE_SUCCEEDED, "paid")
+    assert received == [{"amount": 5}]
+
+
+async def test_two_racing_decisions_apply_once(tenant, endpoint):
+    base, received = endpoint
+    run, (approval,) = await _paused(tenant, f"{base}/echo")
+    tenant.model.enqueue(Reply(text="done"))
+    Decision = rn.ResolveApprovalRequest
+    results = await asyncio.gather(
+        tenant.client.runner.ResolveApproval(
+            Decision(name=approval.name, decision=Decision.DECISION_APPROVE)
+        ),
+        tenant.client.runner.ResolveApproval(
+            Decision(name=approval.name, decision=Decision.DECISION_REJECT, reason="no")
+        ),
+        return_exceptions=True,
+    )
+    winners = [result for result in results if isinstance(result, rn.Approval)]
+    losers = [result for result in results if isinstance(result, grpc.aio.AioRpcError)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert losers[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+    done = await eventually(lambda: _ended(tenant.client, run.name))
+    assert done.state == State.STATE_SUCCEEDED
+    assert len(received) == (1 if winners[0].state == rn.Approval.STATE_APPROVED else 0)
+
+
+async def test_a_rejected_call_tells_the_model_why(tenant, endpoint):
+    base, received = endpoint
+    run, (approval,) = await _paused(tenant, f"{base}/echo")
+    tenant.model.enqueue(Reply(text="ok, not paying"))
+    await tenant.client.runner.ResolveApproval(
+        rn.ResolveApprovalRequest(
+            name=approval.name,
+            decision=rn.ResolveApprovalRequest.DECISION_REJECT,
+            reason="over budget",
+        )
+    )
+    done = await eventually(lambda: _ended(tenant.client, run.name))
+    assert done.final_output == "ok, not paying" and received == []
+    outputs = [m for m in tenant.model.requests[-1].body["messages"] if m["role"] == "tool"]
+    assert outputs[-1]["content"] == "over budget"
+
+
+async def test_a_paused_run_survives_every_runner_restarting(tmp_path, endpoint):
+    base, received = endpoint
+    settings = {"outbound_allow": ["127.0.0.1"]}
+    async with ModelServer(api_key=KEY) as model:
+        async with running_mesh(tmp_path, **settings) as mesh:
+            users = Users(mesh)
+            client, user = await users.new(credits=100)
+            await client.providers.CreateProvider(
+                p.CreateProviderRequest(
+                    provider=p.Provider(
+                        display_name="m",
+                        type=p.PROVIDER_TYPE_CUSTOM,
+                        base_url=model.base_url,
+                        api_key=KEY,
+                        is_default=True,
+                    )
+                )
+            )
+            tenant = Tenant(client, user, model)
+            run, (approval,) = await _paused(tenant, f"{base}/echo")
+            key = (
+                await client.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
+            ).secret
+            await users.close()
+        # Every process is gone; a new one on the same data resumes the run.
+        async with running_mesh(tmp_path, **settings) as mesh, Client(mesh.address, key) as client:
+            model.enqueue(Reply(text="paid after restart"))
+            await client.runner.ResolveApproval(
+                rn.ResolveApprovalRequest(
+                    name=approval.name, decision=rn.ResolveApprovalRequest.DECISION_APPROVE
+                )
+            )
+            done = await eventually(lambda: _ended(client, run.name))
+    assert (done.state, done.final_output) == (State.STATE_SUCCEEDED, "paid after restart")
+    assert received == [{"amount": 5}]
+
+
+async def test_an_expired_approval_rejects_the_call_with_its_reason(tmp_path, endpoint):
+    base, received = endpoint
+    async with (
+        ModelServer(api_key=KEY) as model,
+        running_mesh(
+            tmp_path,
+            outbound_allow=["127.0.0.1"],
+            approval_ttl_seconds=0.5,
+            approval_sweep_seconds=0.1,
+        ) as mesh,
+    ):
+        users = Users(mesh)
+        client, user = await users.new(credits=100)
+        await client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="m",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=model.base_url,
+                    api_key=KEY,
+                    is_default=True,
+                )
+            )
+        )
+        tenant = Tenant(client, user, model)
+        run, (approval,) = await _paused(tenant, f"{base}/echo")
+        model.enqueue(Reply(text="it expired"))
+        done = await eventually(lambda: _ended(client, run.name))
+        expired = (
+            await client.runner.ListApprovals(rn.ListApprovalsRequest(parent=run.name))
+        ).approvals[0]
+        late = await expect_rpc_error(
+            client.runner.ResolveApproval(
+                rn.ResolveApprovalRequest(
+                    name=approval.name, decision=rn.ResolveApprovalRequest.DECISION_APPROVE
+                )
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        await users.close()
+    assert expired.state == rn.Approval.STATE_EXPIRED and "expired" in expired.reason
+    assert (done.state, done.final_output) == (State.STATE_SUCCEEDED, "it expired")
+    assert received == [] and "EXPIRED" in late.details()
+
+
+async def test_a_paused_run_keeps_its_revision_while_the_agent_changes(tenant, endpoint):
+    base, _ = endpoint
+    run, (approval,) = await _paused(tenant, f"{base}/echo")
+    agent = await tenant.client.registry.GetAgent(r.GetAgentRequest(name=run.agent))
+    await tenant.client.registry.UpdateAgent(
+        r.UpdateAgentRequest(
+            agent=r.Agent(name=agent.name, instructions="NEW instructions"),
+            update_mask=field_mask_pb2.FieldMask(paths=["instructions"]),
+        )
+    )
+    tenant.model.enqueue(Reply(text="done"))
+    await tenant.client.runner.ResolveApproval(
+        rn.ResolveApprovalRequest(
+            name=approval.name, decision=rn.ResolveApprovalRequest.DECISION_APPROVE
+        )
+    )
+    done = await eventually(lambda: _ended(tenant.client, run.name))
+    assert done.agent_revision == run.agent_revision == agent.revision_id
+    system = tenant.model.requests[-1].body["messages"][0]
+    assert system.get("role") != "system" or "NEW" not in system["content"]
+    # A new run takes the new revision.
+    tenant.model.enqueue(Reply(text="fresh"))
+    fresh = await tenant.run(run.agent)
+    assert fresh.agent_revision != run.agent_revision
+    assert tenant.model.requests[-1].body["messages"][0]["content"] == "NEW instructions"
+
+
+# ---- credits -------------------------------------------------------------------------------
+
+
+async def test_no_credits_is_resource_exhausted_before_any_model_call(users):
+    async with ModelServer(api_key=KEY) as model:
+        client, user = await users.new(credits=0)
+        await client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="m",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=model.base_url,
+                    api_key=KEY,
+                    is_default=True,
+                )
+            )
+        )
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name="x"), agent_id="poor")
+        )
+        error = await expect_rpc_error(
+            client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="hi")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+        assert details_of(error, error_details_pb2.QuotaFailure)
+        assert model.requests == []
+
+
+async def test_a_run_that_reaches_its_cap_fails_and_is_charged_the_cap(tenant):
+    agent = await tenant.agent("capped", tools=[http_tool("spin", "http://127.0.0.1:9/x")])
+    tenant.model.enqueue(*[Reply(tool_calls=[ToolCall("spin", {})])] * 5)
+    run = await tenant.run(agent.name, max_credits=1)
+    assert run.state == State.STATE_FAILED
+    assert run.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert run.credits == 1 and run.max_credits == 1
+    assert (await tenant.balance()).balance == 999
+
+
+async def test_the_agent_cap_holds_and_a_request_may_only_lower_it(tenant):
+    agent = await tenant.agent("agentcap", max_credits_per_run=5)
+    tenant.model.enqueue(Reply(text="a"), Reply(text="b"))
+    assert (await tenant.run(agent.name, max_credits=50)).max_credits == 5
+    assert (await tenant.run(agent.name, max_credits=2)).max_credits == 2
+
+
+async def test_200_racing_runs_never_overspend(users):
+    async with ModelServer(api_key=KEY) as model:
+        client, user = await users.new(credits=50)
+        await client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="m",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=model.base_url,
+                    api_key=KEY,
+                    is_default=True,
+                )
+            )
+        )
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name="x"), agent_id="racer")
+        )
+        results = await asyncio.gather(
+            *(
+                client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="go"))
+                for _ in range(200)
+            ),
+            return_exceptions=True,
+        )
+        runs = [result for result in results if isinstance(result, rn.Run)]
+        refused = [result for result in results if isinstance(result, grpc.aio.AioRpcError)]
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        assert all(run.state == State.STATE_SUCCEEDED for run in runs)
+        balance = await client.accounts.GetCreditBalance(
+            a.GetCreditBalanceRequest(name=f"{user.name}/creditBalance")
+        )
+    assert runs and balance.reserved == 0
+    assert balance.balance == 50 - sum(run.credits for run in runs) >= 0
+
+
+# ---- tenancy -------------------------------------------------------------------------------
+
+
+async def test_another_users_runs_conversations_and_approvals_are_not_found(
+    tenant, users, endpoint
+):
+    base, _ = endpoint
+    run, (approval,) = await _paused(tenant, f"{base}/echo")
+    stranger, _ = await users.new(credits=100)
+    runner = stranger.runner
+    NOT_FOUND = grpc.StatusCode.NOT_FOUND
+    await expect_rpc_error(runner.GetRun(rn.GetRunRequest(name=run.name)), NOT_FOUND)
+    await expect_rpc_error(runner.CancelRun(rn.CancelRunRequest(name=run.name)), NOT_FOUND)
+    await expect_rpc_error(
+        runner.ListApprovals(rn.ListApprovalsRequest(parent=run.name)), NOT_FOUND
+    )
+    await expect_rpc_error(
+        runner.ResolveApproval(
+            rn.ResolveApprovalRequest(
+                name=approval.name, decision=rn.ResolveApprovalRequest.DECISION_APPROVE
+            )
+        ),
+        NOT_FOUND,
+    )
+    await expect_rpc_error(
+        runner.GetConversation(rn.GetConversationRequest(name=run.conversation)), NOT_FOUND
+    )
+    await expect_rpc_error(
+        runner.DeleteConversation(rn.DeleteConversationRequest(name=run.conversation)), NOT_FOUND
+    )
+    await expect_rpc_error(
+        runner.ListConversationItems(rn.ListConversationItemsRequest(parent=run.conversation)),
+        NOT_FOUND,
+    )
+    await expect_rpc_error(
+        runner.RunAgent(rn.RunAgentRequest(agent=run.agent, input="mine now")), NOT_FOUND
+    )
+    await expect_rpc_error(
+        runner.RunAgent(
+            rn.RunAgentRequest(agent="agents/mine", input="x", conversation=run.conversation)
+        ),
+        NOT_FOUND,
+    )
+    assert not (await runner.ListRuns(rn.ListRunsRequest())).runs
+    assert not (await runner.ListConversations(rn.ListConversationsRequest())).conversations
+    # And the owner's paused run is untouched.
+    still = await tenant.client.runner.GetRun(rn.GetRunRequest(name=run.name))
+    assert still.state == State.STATE_AWAITING_APPROVAL
