@@ -33,10 +33,11 @@ $(BUF):
 	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 run: setup
-	$(VENV)/bin/agentmesh up --apply examples/agents.json
+	$(VENV)/bin/agentmesh up --gateway --apply examples/agents.json
 
-proto: setup
+proto: setup $(BUF)
 	$(PY) tools/genproto.py
+	$(PY) tools/gateway_config.py
 
 # Records the contract as released: what `buf breaking` guards from now on.
 contract-baseline: setup-test

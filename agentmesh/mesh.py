@@ -176,11 +176,13 @@ class Mesh:
         self.authenticator.forget(event.user)
 
     def peer(self, service: str) -> grpc.aio.Channel:
-        """A channel kept open for the mesh's lifetime to a service: where
-        settings.peers says it runs, else this process."""
+        """A channel kept open for the mesh's lifetime to a service: this process if
+        it serves it, else where settings.peers says it runs."""
         if service not in self._channels:
             own = self.address.replace("0.0.0.0:", "127.0.0.1:")  # noqa: S104
-            target = self.settings.peers.get(service) or own
+            # A service this process serves is asked here, whatever the settings say.
+            served = any(plugin.name == service for plugin in self.plugins)
+            target = own if served else self.settings.peers.get(service) or own
             self._channels[service] = grpc.aio.insecure_channel(
                 target,
                 interceptors=metadata_interceptors(_service_credentials(self._service_token)),

@@ -208,3 +208,29 @@ async def test_nats_does_not_outlive_a_killed_mesh(tmp_path):
             return
         await asyncio.sleep(0.1)
     raise AssertionError("nats-server still listens after its mesh was killed")
+
+
+async def test_up_with_the_gateway_serves_rest_through_envoy(tmp_path):
+    import aiohttp
+
+    process, _, lines = await _start(
+        "--data-dir", str(tmp_path), "--gateway", "--gateway-port", "0"
+    )
+    try:
+        rest = ""
+        while not rest:
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+            lines.append(line)
+            if match := re.search(r"through Envoy on (http://\S+?),", line):
+                rest = match.group(1)
+        key = (tmp_path / "admin.key").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{rest}/api/v1/agents", headers={"authorization": f"Bearer {key}"}
+            ) as reply:
+                assert reply.status == 200, await reply.text()
+                assert (await reply.json())["agents"] == []
+            async with session.get(f"{rest}/api/v1/agents") as reply:
+                assert reply.status == 401
+    finally:
+        await _stop(process)
