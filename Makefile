@@ -10,13 +10,18 @@ BUF_VERSION := 1.75.0
 SETUP_STAMP := $(VENV)/.installed
 
 help:
-	@echo "make run     set everything up and bring the mesh up, applying examples/agents.json"
+	@echo "make run     set everything up, bring the mesh up behind Envoy, apply examples/agents.json, run the triage agent once"
 	@echo "make test    every check: generated-code drift, buf lint/breaking, ruff, mypy, the test suite"
 	@echo "make bench   benchmarks, each printing its ratio to a floor measured in the same run"
 	@echo "make proto   regenerate agentmesh/gen from protos/"
 	@echo "make format  ruff format + fixes"
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) sandbox-deps
+
+# The sandbox user code runs in (agentmesh/sandbox.py): Debian's bubblewrap.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,7 +38,8 @@ $(BUF):
 	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 run: setup
-	$(VENV)/bin/agentmesh up --gateway --apply examples/agents.json
+	$(VENV)/bin/agentmesh up --gateway --apply examples/agents.json \
+	  --ask triage "I was charged twice for invoice INV-1002. Can you look into it?"
 
 proto: setup $(BUF)
 	$(PY) tools/genproto.py
@@ -65,5 +71,6 @@ test: lint
 # Benchmarks print ratios against a floor measured in the same run; not tests.
 bench: setup
 	$(PY) bench/registry_rpc.py
+	$(PY) bench/sandbox.py
 
-.PHONY: help setup setup-test run proto contract-baseline format lint typecheck test bench
+.PHONY: help setup sandbox-deps setup-test run proto contract-baseline format lint typecheck test bench

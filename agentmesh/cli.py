@@ -261,15 +261,19 @@ async def _show_events(events: Any) -> runner_pb2.Run:
     """Draws a run's events as they come: its answer live, then what it cost."""
     answer = Text()
     finished = runner_pb2.Run()
+    agent = ""
     with Live(answer, console=out, refresh_per_second=20, transient=False):
         async for event in events:
             kind = event.WhichOneof("event")
-            if kind == "text_delta":
+            if kind == "run_started":
+                agent = event.run_started.agent
+            elif kind == "text_delta":
                 answer.append(event.text_delta.delta)
             elif kind == "item" and event.item.type == runner_pb2.RunItem.TYPE_TOOL_CALL:
                 answer.append(f"\n[{event.item.tool_name}({event.item.data})]\n", style="dim")
-            elif kind == "agent_updated":
-                answer.append(f"\n→ {event.agent_updated}\n", style="cyan")
+            elif kind == "agent_updated" and event.agent_updated != agent:
+                agent = event.agent_updated
+                answer.append(f"\n→ {agent}\n", style="cyan")
             elif kind == "approval_required":
                 answer.append(
                     f"\n{event.approval_required.name} waits for approval: "
@@ -278,6 +282,7 @@ async def _show_events(events: Any) -> runner_pb2.Run:
                 )
             elif kind == "run_finished":
                 finished = event.run_finished
+    out.print()
     _summary(finished)
     return finished
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 from agents import (
     Agent,
     AgentOutputSchemaBase,
@@ -34,14 +35,16 @@ from google.protobuf import json_format
 from agentmesh.errors import FailedPrecondition
 from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
+from agentmesh.guardrail_checks import evaluate, is_local, schema_validator
 from agentmesh.names import ResourceName
 from agentmesh.outbound import OutboundError, OutboundPolicy, post_json
-from agentmesh.patterns import compile_pattern
+from agentmesh.sandbox import SandboxError, run_code, sandbox_available
 from agentmesh.templates import TemplateError, render
 from services.runner.models import Models
 
 AGENT = ResourceName.of(registry_pb2.Agent)
 _DEFAULT_TOOL_SECONDS = 10.0
+_DEFAULT_TOOL_MEMORY_MB = 256
 _NO_ARGUMENTS = {"type": "object", "properties": {}}
 
 
@@ -49,12 +52,12 @@ class JsonSchemaOutput(AgentOutputSchemaBase):
     """A final output that must be JSON valid against the agent's own JSON Schema.
 
     The schema goes to the model as written (made strict when it can be, so the
-    model is held to it), and the reply is checked with jsonschema: nothing is
-    evaluated.
+    model is held to it), and the reply is checked with jsonschema (patterns on RE2,
+    no $ref fetched from anywhere): nothing is evaluated.
     """
 
     def __init__(self, schema: dict[str, Any]):
-        self._validator = jsonschema.Draft202012Validator(schema)
+        self._validator = schema_validator(schema)
         try:
             self._schema, self._strict = ensure_strict_json_schema(copy.deepcopy(schema)), True
         except UserError:
@@ -77,7 +80,12 @@ class JsonSchemaOutput(AgentOutputSchemaBase):
             value = json.loads(json_str)
         except json.JSONDecodeError:
             raise ModelBehaviorError("the final output is not JSON") from None
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        except referencing.exceptions.Unresolvable:
+            raise ModelBehaviorError(
+                "the agent's output_type refers to a schema outside it, which is never fetched"
+            ) from None
         if error is not None:
             where = "/".join(str(part) for part in error.absolute_path) or "the output"
             raise ModelBehaviorError(
@@ -87,19 +95,22 @@ class JsonSchemaOutput(AgentOutputSchemaBase):
 
 
 def unsupported_tools(graph: Mapping[str, registry_pb2.Agent]) -> list[str]:
-    """What this runner cannot run yet, as "agents/x: tool 'name' (kind)" phrases."""
+    """What this runner cannot run, as "agents/x: tool 'name' (kind)" phrases."""
     problems = []
     for agent_id, definition in graph.items():
         for tool in definition.tools:
             kind = tool.WhichOneof("kind")
             if kind == "function" and tool.function.WhichOneof("implementation") == "code":
-                kind = "code function"
+                # Never an unsandboxed fallback: without bubblewrap, no code tool runs.
+                if sandbox_available():
+                    continue
+                kind = "code function, and the sandbox (bubblewrap) is not installed"
             elif kind in ("function", "agent"):
                 continue
             problems.append(f"{AGENT.format(agent_id)}: tool {tool.name!r} ({kind})")
         for side in (definition.input_guardrails, definition.output_guardrails):
             for guardrail in side:
-                if guardrail.WhichOneof("check") != "regex":
+                if not is_local(guardrail):
                     kind = f"{guardrail.WhichOneof('check')} guardrail"
                     problems.append(f"{AGENT.format(agent_id)}: {guardrail.name!r} ({kind})")
     return problems
@@ -156,31 +167,63 @@ class AgentBuilder:
                 or agents[AGENT.id(tool.agent.agent)].handoff_description,
                 needs_approval=tool.require_approval,
             )
-        http = tool.function.http
-        timeout = http.timeout.ToTimedelta().total_seconds() or _DEFAULT_TOOL_SECONDS
-        policy, name, url = self._policy, tool.name, http.url
-
-        async def call_endpoint(_: Any, arguments: str) -> str:
-            # A failure is the tool's answer to the model, never the run's end.
-            try:
-                reply = await post_json(
-                    url, json.loads(arguments or "{}"), policy=policy, timeout=timeout
-                )
-            except json.JSONDecodeError:
-                return f"error: the arguments for {name} are not JSON"
-            except OutboundError as error:
-                return f"error: {name} failed: {error}"
-            return reply if isinstance(reply, str) else json.dumps(reply)
-
         parameters = json_format.MessageToDict(tool.function.parameters)
         return FunctionTool(
             name=tool.name,
             description=tool.description,
             params_json_schema=parameters or _NO_ARGUMENTS,
-            on_invoke_tool=call_endpoint,
+            on_invoke_tool=self._implementation(tool),
             strict_json_schema=False,
             needs_approval=tool.require_approval,
         )
+
+    def _implementation(self, tool: registry_pb2.Tool) -> Any:
+        """The function tool's body: code in the sandbox, or a POST to its endpoint. A
+        failure is the tool's answer to the model, never the run's end."""
+        name, function = tool.name, tool.function
+        if function.WhichOneof("implementation") == "code":
+            code = function.code
+            timeout = code.timeout.ToTimedelta().total_seconds() or _DEFAULT_TOOL_SECONDS
+            memory_mb = code.memory_mb or _DEFAULT_TOOL_MEMORY_MB
+
+            async def run_in_sandbox(_: Any, arguments: str) -> str:
+                try:
+                    result = await run_code(
+                        code.source,
+                        "main",
+                        _arguments(arguments),
+                        timeout=timeout,
+                        memory_mb=memory_mb,
+                    )
+                except ValueError:
+                    return f"error: the arguments for {name} are not a JSON object"
+                except SandboxError as error:
+                    return f"error: {name} failed: {error}"
+                return result if isinstance(result, str) else json.dumps(result)
+
+            return run_in_sandbox
+        http = function.http
+        timeout = http.timeout.ToTimedelta().total_seconds() or _DEFAULT_TOOL_SECONDS
+        policy, url = self._policy, http.url
+
+        async def call_endpoint(_: Any, arguments: str) -> str:
+            try:
+                reply = await post_json(url, _arguments(arguments), policy=policy, timeout=timeout)
+            except ValueError:
+                return f"error: the arguments for {name} are not a JSON object"
+            except OutboundError as error:
+                return f"error: {name} failed: {error}"
+            return reply if isinstance(reply, str) else json.dumps(reply)
+
+        return call_endpoint
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """A tool call's arguments; ValueError (json's own included) when not a JSON object."""
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
 
 
 def _instructions(text: str) -> Any:
@@ -208,11 +251,6 @@ def _model_settings(settings: registry_pb2.ModelSettings) -> ModelSettings:
     )
 
 
-def _regex_trips(check: guardrails_pb2.RegexCheck, text: str) -> bool:
-    found = compile_pattern(check.pattern).search(text) is not None
-    return found if check.action == guardrails_pb2.RegexCheck.ACTION_BLOCK else not found
-
-
 def _text_of(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -226,10 +264,14 @@ def _text_of(value: Any) -> str:
 
 
 def _verdict(guardrail: guardrails_pb2.Guardrail, text: str) -> GuardrailFunctionOutput:
-    tripped = _regex_trips(guardrail.regex, text)
+    verdict = evaluate(guardrail, text)
     return GuardrailFunctionOutput(
-        output_info={"name": guardrail.name, "message": guardrail.override_message},
-        tripwire_triggered=tripped,
+        output_info={
+            "name": guardrail.name,
+            "message": guardrail.override_message,
+            "reason": verdict.message,
+        },
+        tripwire_triggered=verdict.tripwire_triggered,
     )
 
 
