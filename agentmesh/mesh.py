@@ -12,6 +12,7 @@ would across pods; sharing a process only saves the deployment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -190,19 +191,30 @@ class Mesh:
         return self._channels[service]
 
     async def stop(self) -> None:
-        """Stops what was started, in reverse; also after a start that failed half-way."""
+        """Stops what was started, in reverse; also after a start that failed half-way.
+
+        Each step has a deadline: a part that does not stop in time is named in the
+        log and left behind, so a process being shut down always goes.
+        """
         if self._server is not None:
-            await self._server.stop()
+            await self._within("the gRPC server", self._server.stop())
         for channel in self._channels.values():
             await channel.close()
-        for service in reversed(self.services.values()):
-            await service.stop()
+        for name, service in reversed(self.services.items()):
+            await self._within(f"the {name} service", service.stop())
         for database in self._databases:
             await database.dispose()
         if self._events is not None:
-            await self._events.close()
+            await self._within("the NATS connection", self._events.close())
         if self._nats:
             await self._nats.stop()
+
+    @staticmethod
+    async def _within(part: str, stopping: Awaitable[None], seconds: float = 15.0) -> None:
+        try:
+            await asyncio.wait_for(stopping, seconds)
+        except TimeoutError:
+            log.error("%s did not stop within %.0f s; going on without it", part, seconds)
 
     async def __aenter__(self) -> Mesh:
         try:

@@ -65,7 +65,7 @@ async def endpoint_hits() -> AsyncIterator[tuple[str, list]]:
 
     app = web.Application()
     app.router.add_get("/schema.json", schema)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     yield f"http://127.0.0.1:{runner.addresses[0][1]}/schema.json", hits

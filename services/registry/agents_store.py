@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from sqlalchemy import Select, and_, delete, insert, select, update
+from sqlalchemy import Select, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -63,6 +63,13 @@ def _revisions(seq=AgentRow.seq) -> Select:
 
 def _current() -> Select:
     return _revisions().where(AgentRevisionRow.id == AgentRow.revision_id)
+
+
+# The hottest read (every GetAgent, every run's definition): built once, executed
+# with parameters, so no request pays for building the statement again.
+_CURRENT_AGENT = _current().where(
+    AgentRow.user_id == bindparam("user_id"), AgentRow.id == bindparam("agent_id")
+)
 
 
 def _agent(row) -> Agent:
@@ -224,9 +231,7 @@ class AgentStore:
 
     async def _get_agent(self, conn: AsyncConnection, user_id: str, agent_id: str) -> Agent:
         row = (
-            await conn.execute(
-                _current().where(AgentRow.user_id == user_id, AgentRow.id == agent_id)
-            )
+            await conn.execute(_CURRENT_AGENT, {"user_id": user_id, "agent_id": agent_id})
         ).first()
         if row is None:
             raise NotFound(_name(agent_id))
