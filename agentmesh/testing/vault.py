@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from types import TracebackType
 from typing import IO
 
 import hvac
+
+from agentmesh.processes import free_port
 
 _HOST = "127.0.0.1"
 # Only an auto-picked port can lose the race between our probe bind and the
@@ -37,12 +38,6 @@ def _binary() -> str:
     if not os.access(binary, os.X_OK):
         raise RuntimeError(f"{binary} is missing or not executable")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return sock.getsockname()[1]
 
 
 class DevVault:
@@ -96,7 +91,7 @@ class DevVault:
         self._token = f"dev-{uuid.uuid4().hex}"
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
-                self._port = _free_port()
+                self._port = free_port(_HOST)
                 self._spawn()
                 try:
                     self._wait_until_ready()
