@@ -72,5 +72,6 @@ test: lint
 bench: setup
 	$(PY) bench/registry_rpc.py
 	$(PY) bench/sandbox.py
+	$(PY) bench/run_overhead.py
 
 .PHONY: help setup sandbox-deps setup-test run proto contract-baseline format lint typecheck test bench

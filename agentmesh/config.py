@@ -68,6 +68,29 @@ class Settings(BaseSettings):
     approval_ttl_seconds: float = 86400.0
     # How often expired approvals are looked for.
     approval_sweep_seconds: float = 30.0
+    # Runner replicas hold each running run by a lease: its owner renews the leases of
+    # its live runs every run_lease_renew_seconds; every replica looks for runs whose
+    # lease ran out every run_lease_sweep_seconds and takes them over.
+    run_lease_seconds: float = 30.0
+    run_lease_renew_seconds: float = 10.0
+    run_lease_sweep_seconds: float = 5.0
+    # The most runs one runner replica executes at once; it takes queued runs only
+    # while it has room.
+    runner_max_runs: int = 64
+    # How often a watcher of a run live in another runner process reads its new events.
+    run_watch_poll_seconds: float = 0.1
+    # How long CancelRun waits for a run in another runner process to stop.
+    run_cancel_wait_seconds: float = 10.0
+    # A conversation whose history passes this many tokens (estimated) has its older
+    # turns summarised through the agent's model before the next run; 0: never.
+    conversation_token_budget: int = 100_000
+    # Conversations not updated for this many days are deleted, and ended runs' saved
+    # state and event logs after this many days; 0 keeps them.
+    conversation_retention_days: float = 0.0
+    run_retention_days: float = 0.0
+    # How often retention is applied, and how many rows it deletes per transaction.
+    retention_sweep_seconds: float = 3600.0
+    retention_batch: int = 500
 
     def database_url_for(self, service: str) -> str:
         return self.database_url.format(service=service, data_dir=self.data_dir)

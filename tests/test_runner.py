@@ -707,3 +707,116 @@ async def test_another_users_runs_conversations_and_approvals_are_not_found(
     # And the owner's paused run is untouched.
     still = await tenant.client.runner.GetRun(rn.GetRunRequest(name=run.name))
     assert still.state == State.STATE_AWAITING_APPROVAL
+
+
+# ---- compaction and retention ------------------------------------------------------------
+
+# Seconds after which an idle conversation, and an ended run's events, are deleted.
+RETENTION_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+async def bounded_mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
+    """A mesh that compacts conversations past 200 tokens and keeps them for seconds."""
+    async with running_mesh(
+        tmp_path_factory.mktemp("bounded"),
+        outbound_allow=["127.0.0.1"],
+        conversation_token_budget=200,
+        conversation_retention_days=RETENTION_SECONDS / 86400,
+        run_retention_days=RETENTION_SECONDS / 86400,
+        retention_sweep_seconds=0.2,
+    ) as mesh:
+        yield mesh
+
+
+@pytest.fixture
+async def bounded(bounded_mesh) -> AsyncIterator[Tenant]:
+    users = Users(bounded_mesh)
+    async with ModelServer(api_key=KEY) as model:
+        client, user = await users.new(credits=1000)
+        await client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="m",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=model.base_url,
+                    api_key=KEY,
+                    is_default=True,
+                )
+            )
+        )
+        yield Tenant(client, user, model)
+    await users.close()
+
+
+def _words(label: str, count: int = 60) -> str:
+    return f"{label}: " + " ".join(f"{label}-word{i}" for i in range(count))
+
+
+async def test_a_long_conversation_is_compacted_through_the_agents_model(bounded):
+    agent = await bounded.agent("long", instructions="Be helpful.")
+    bounded.model.enqueue(
+        Reply(text=_words("answer one")),
+        Reply(text=_words("answer two")),
+        Reply(text="The user told fact one; the assistant answered it."),
+        Reply(text="three noted"),
+    )
+    first = await bounded.run(agent.name, _words("fact one"))
+    conversation = first.conversation
+    second = await bounded.run(agent.name, _words("fact two"), conversation=conversation)
+    assert len(bounded.model.requests) == 2  # under budget so far: no compaction
+    third = await bounded.run(agent.name, "fact three", conversation=conversation)
+    assert third.state == State.STATE_SUCCEEDED, third.error
+
+    # One extra model call, billed to the third run, summarised the oldest turn.
+    requests = [request.body["messages"] for request in bounded.model.requests]
+    assert len(requests) == 4
+    summary_request = requests[2]
+    assert "fact one-word59" in summary_request[-1]["content"]
+    assert "fact two" not in summary_request[-1]["content"]
+    assert third.usage.requests == 2 and second.usage.requests == 1
+    assert third.credits > 0
+
+    # The model's input shrank: the summary in place of the oldest turn.
+    sent = [m["content"] for m in requests[3]]
+    assert sent[0] == "Be helpful."
+    assert sent[1].startswith("Summary of the earlier conversation:\nThe user told fact one")
+    assert sent[2:] == [_words("fact two"), _words("answer two"), "fact three"]
+    # Smaller than the second run's input, though the conversation grew by a turn since.
+    assert len(json.dumps(requests[3])) < len(json.dumps(requests[1]))
+    assert "fact one-word0" not in json.dumps(requests[3])
+
+    runner = bounded.client.runner
+    found = await runner.GetConversation(rn.GetConversationRequest(name=conversation))
+    assert found.HasField("compact_time") and found.item_count == 5
+    items = (
+        await runner.ListConversationItems(rn.ListConversationItemsRequest(parent=conversation))
+    ).items
+    assert (items[0].role, items[0].run) == ("system", first.name)
+    assert items[0].text.startswith("Summary of the earlier conversation:")
+    assert [item.run for item in items[1:]] == [second.name] * 2 + [third.name] * 2
+
+
+async def test_idle_conversations_and_old_run_events_are_deleted(bounded, endpoint):
+    base, _ = endpoint
+    agent = await bounded.agent("forgetful")
+    bounded.model.enqueue(Reply(text="soon forgotten"))
+    run = await bounded.run(agent.name, "remember me?")
+    paused, _ = await _paused(bounded, f"{base}/echo", agent_id="holder")
+    runner = bounded.client.runner
+
+    async def forgotten() -> bool:
+        try:
+            await runner.GetConversation(rn.GetConversationRequest(name=run.conversation))
+        except grpc.aio.AioRpcError as error:
+            return error.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    await eventually(forgotten, within=RETENTION_SECONDS + 5)
+    # The run itself stays (what it cost, how it ended); its event log is gone.
+    kept = await runner.GetRun(rn.GetRunRequest(name=run.name))
+    assert (kept.state, kept.final_output) == (State.STATE_SUCCEEDED, "soon forgotten")
+    assert [event async for event in runner.WatchRun(rn.WatchRunRequest(name=run.name))] == []
+    # A conversation a paused run holds is kept, however old.
+    held = await runner.GetConversation(rn.GetConversationRequest(name=paused.conversation))
+    assert held.active_run == paused.name

@@ -2,18 +2,23 @@
 
 Every run goes through the SDK's streamed runner, whichever RPC started it, so
 there is one path from a model's deltas to the run's events. Events are kept in
-memory while the run is live (for StreamRun and WatchRun) and written with the
-run's state when it pauses or ends, in the same transaction as its outbox events
-and the release of its conversation.
+memory while the run is live (for watchers here) and written as it goes (for
+watchers anywhere; see event_log.py); the rest are written with the run's state
+when it pauses or ends, in the same transaction as its outbox events and the
+release of its conversation to the next run waiting for it.
+
+A run is this replica's while its lease holds (see dispatch.py): every write of
+its state and history is conditional on that, so a replica that lost a run
+(another took it over) writes nothing more of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -42,10 +47,12 @@ from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
 from services.runner import records
 from services.runner.build import AgentBuilder
+from services.runner.compact import Compactor
 from services.runner.credits import Credits, Hold, cost
 from services.runner.definitions import AgentDefinitions
+from services.runner.event_log import EventWriter, Execution
 from services.runner.session import ConversationSession
-from services.runner.store import RunnerStore
+from services.runner.store import RunLost, RunnerStore
 
 log = logging.getLogger("agentmesh.runner")
 
@@ -57,6 +64,10 @@ ENDED = {State.STATE_SUCCEEDED, State.STATE_FAILED, State.STATE_CANCELLED, State
 # Deltas are sent in pieces of at least this much text, or after this long.
 _DELTA_CHARS = 256
 _DELTA_SECONDS = 0.02
+
+
+def add_usage(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    return {key: total.get(key, 0) + more.get(key, 0) for key in {*total, *more}}
 
 
 def usage_dict(usage: Any) -> dict[str, int]:
@@ -174,41 +185,6 @@ class Resume:
     decisions: dict[str, tuple[bool, str]]
 
 
-@dataclass
-class Execution:
-    """A run live in this process: its events so far, and who waits for more."""
-
-    run: records.Run
-    log: list[runner_pb2.RunEvent] = field(default_factory=list)
-    saved: int = 0  # events up to this sequence are in the database
-    task: asyncio.Task | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def emit(self, **event: Any) -> runner_pb2.RunEvent:
-        message = runner_pb2.RunEvent(sequence=len(self.log) + 1, **event)
-        self.log.append(message)
-        self.changed.set()
-        return message
-
-    def unsaved(self) -> list[tuple[int, bytes]]:
-        events = [(e.sequence, e.SerializeToString()) for e in self.log[self.saved :]]
-        self.saved = len(self.log)
-        return events
-
-    async def events(self, after: int = 0) -> AsyncIterator[runner_pb2.RunEvent]:
-        """Every event after `after`, then each new one, until the run ends or pauses."""
-        position = after
-        while True:
-            self.changed.clear()
-            while position < len(self.log):
-                position += 1
-                yield self.log[position - 1]
-            if self.done.is_set():
-                return
-            await self.changed.wait()
-
-
 class _Deltas:
     """Coalesces text deltas: a client gets words, not one message per token."""
 
@@ -240,19 +216,28 @@ class _Deltas:
 
 
 class _Metering(RunHooks[Any]):
-    """Prices each model call as it ends and keeps the run's hold ahead of it."""
+    """Prices each model call as it ends and keeps the run's hold ahead of it; marks
+    the run unsafe to replay before any tool begins."""
 
-    def __init__(self, execution: Execution, credits: Credits, hold: Hold):
+    def __init__(self, execution: Execution, executor: Executor, hold: Hold):
         self._execution = execution
-        self._credits = credits
+        self._executor = executor
         self._hold = hold
         self.usage_events: list[events_pb2.UsageRecorded] = []
         self.credits = 0  # what this leg of the run has cost so far
+        # Model calls the SDK does not count (compaction): added to the run's usage.
+        self.other_usage: dict[str, int] = {}
 
     async def on_llm_end(self, context: Any, agent: Any, response: ModelResponse) -> None:
+        await self.record(agent, response)
+
+    async def record(self, agent: Any, response: ModelResponse, counted: bool = True) -> None:
         model = getattr(agent.model, "model", "") or ""
         usage = usage_dict(response.usage)
-        price = self._credits.price(str(model))
+        if not counted:
+            self.other_usage = add_usage(self.other_usage, usage)
+        credits_ = self._executor.credits
+        price = credits_.price(str(model))
         credits = cost(usage, price)
         self.credits += credits
         run = self._execution.run
@@ -267,8 +252,20 @@ class _Metering(RunHooks[Any]):
                 credits=credits,
             )
         )
+        held = len(self._hold.reservations)
         # Raises QuotaExceeded when the hold cannot grow: the run stops here.
-        await self._credits.cover(self._hold, self.credits)
+        await credits_.cover(self._hold, self.credits)
+        if len(self._hold.reservations) != held:
+            await self._executor.hold_changed(self._execution, self._hold)
+
+    async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
+        execution = self._execution
+        if execution.replayable:
+            # Written before the tool runs: a replica that takes the run over must
+            # not run a tool twice.
+            execution.replayable = False
+            if not await self._executor.store.unreplayable(execution.run.id, self._executor.owner):
+                raise RunLost(f"runs/{execution.run.id}")
 
 
 class Executor:
@@ -281,19 +278,34 @@ class Executor:
         builder: AgentBuilder,
         credits: Credits,
         approval_ttl: timedelta,
+        *,
+        owner: str,
+        compactor: Compactor | None = None,
         on_saved: Any = None,
     ):
-        self._store = store
+        self.store = store
+        self.credits = credits
+        self.owner = owner  # this replica, as runs' owner
         self._definitions = definitions
         self._builder = builder
-        self._credits = credits
         self._approval_ttl = approval_ttl
+        self._compactor = compactor
         self._on_saved = on_saved or (lambda: None)
+        self._writer = EventWriter(store)
         self.active: dict[str, Execution] = {}
-        self._stopping = False
+        # Set whenever a run leaves: a replica at capacity waits for room.
+        self.room = asyncio.Event()
+        self.stopping = False
 
-    def launch(self, run: records.Run, start: Start | Resume, hold: Hold) -> Execution:
-        execution = Execution(run)
+    def start(self) -> None:
+        self._writer.start()
+
+    def launch(
+        self, run: records.Run, start: Start | Resume, hold: Hold, base: int = 0
+    ) -> Execution:
+        """Executes a run this replica owns; `base` is the last sequence of the events its
+        earlier legs wrote."""
+        execution = Execution(run, base=base, replayable=run.replayable, on_emit=self._writer.note)
         execution.emit(run_started=run_proto(run))
         self.active[run.id] = execution
         execution.task = asyncio.create_task(
@@ -303,22 +315,47 @@ class Executor:
 
     def cancel(self, run_id: str) -> bool:
         execution = self.active.get(run_id)
-        if execution is None or execution.task is None:
+        if execution is None or execution.task is None or execution.finishing:
             return False
         execution.task.cancel()
         return True
 
+    def lose(self, run_id: str) -> None:
+        """The run is another replica's now: stop it here, and write nothing of it."""
+        execution = self.active.get(run_id)
+        if execution is not None and not execution.finishing:
+            execution.lost = True
+            if execution.task is not None:
+                execution.task.cancel()
+
     async def stop(self) -> None:
-        """Ends every live run (the process is going away)."""
-        self._stopping = True
+        """Ends every live run here (the process is going away). A run that can be
+        replayed is given up for another replica (or this one, restarted) to take
+        over; the others end FAILED (RUNNER_STOPPED)."""
+        self.stopping = True
+        handed = [e for e in self.active.values() if e.replayable and not e.finishing]
+        for execution in handed:
+            execution.lost = True
         tasks = [e.task for e in self.active.values() if e.task]
-        for task in tasks:
-            task.cancel()
+        for execution in self.active.values():
+            if execution.task and not execution.finishing:
+                execution.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._writer.stop()
+        try:
+            await self.store.expire_leases(self.owner, [e.run.id for e in handed])
+        except Exception:  # noqa: BLE001 - their leases run out by themselves
+            log.warning("giving up %d runs failed", len(handed), exc_info=True)
+
+    async def hold_changed(self, execution: Execution, hold: Hold) -> None:
+        """Its reservations are written with the run: a replica that finds the run lost
+        releases them."""
+        execution.run.reservations = [r.name for r in hold.reservations]
+        await self.store.set_reservations(execution.run.id, self.owner, execution.run.reservations)
 
     async def _execute(self, execution: Execution, start: Start | Resume, hold: Hold) -> None:
         run = execution.run
-        metering = _Metering(execution, self._credits, hold)
+        metering = _Metering(execution, self, hold)
         deltas = _Deltas(execution)
         result = None
         try:
@@ -328,15 +365,21 @@ class Executor:
             starting = await self._builder.build(f"users/{run.user_id}", graph, run.agent_id)
             source: Any = run.input
             context = start.context if isinstance(start, Start) else None
+            compact = None
             if isinstance(start, Resume):  # its state, with the approvals' decisions applied
                 source = await RunState.from_string(starting, start.state)
                 _apply_decisions(source, start.decisions)
+            elif self._compactor is not None:  # a resumed run does not read the history
+                compact = functools.partial(self._compactor.compact, run, starting, metering.record)
+            session = ConversationSession(
+                self.store, run.conversation_id, run.id, self.owner, compact
+            )
             result = Runner.run_streamed(
                 starting,
                 source,
                 max_turns=run.max_turns,
                 hooks=metering,
-                session=ConversationSession(self._store, run.conversation_id, run.id),
+                session=session,
                 run_config=RunConfig(
                     workflow_name=f"agents/{run.agent_id}",
                     trace_id=run.trace_id,
@@ -355,13 +398,19 @@ class Executor:
         except asyncio.CancelledError:
             if result is not None:
                 result.cancel()
-            run.state = State.STATE_FAILED if self._stopping else State.STATE_CANCELLED
-            if self._stopping:
+            if execution.lost:
+                await self._let_go(execution, hold)
+                return
+            run.state = State.STATE_FAILED if self.stopping else State.STATE_CANCELLED
+            if self.stopping:
                 run.error = (
                     Unavailable("the runner stopped during the run", reason="RUNNER_STOPPED")
                     .to_status()
                     .SerializeToString()
                 )
+        except RunLost:
+            await self._let_go(execution, hold)
+            return
         except (InputGuardrailTripwireTriggered, OutputGuardrailTripwireTriggered) as tripped:
             run.state = State.STATE_BLOCKED
             info = tripped.guardrail_result.output.output_info or {}
@@ -369,6 +418,9 @@ class Executor:
                 f"blocked by the guardrail {info.get('name', '')!r}"
             )
         except BaseException as error:  # noqa: BLE001 - every failure ends the run with a status
+            if execution.lost:  # the SDK wrapped our cancel or our RunLost
+                await self._let_go(execution, hold)
+                return
             run.state = State.STATE_FAILED
             run.error = failure(error).SerializeToString()
         finally:
@@ -420,46 +472,71 @@ class Executor:
         ]
         run.state = State.STATE_AWAITING_APPROVAL
         run.paused_state = result.to_state().to_string()
+        execution.finishing = True
         await self._charge(run, result, metering, hold)
         run.update_time = utc_now()
+        run.lease_expire_time, run.reservations = None, []
         for approval in approvals:
             execution.emit(approval_required=approval_proto(approval))
         execution.emit(run_finished=run_proto(run))
-        await self._store.pause_run(
-            run, approvals, execution.unsaved(), [*metering.usage_events, _changed(run)]
+        saved = await self.store.pause_run(
+            run,
+            approvals,
+            execution.unsaved(),
+            [*metering.usage_events, changed_event(run)],
+            owner=self.owner,
         )
-        self._finish(execution)
+        self._finish(execution, saved)
 
     async def _end(
         self, execution: Execution, result: Any, metering: _Metering, hold: Hold
     ) -> None:
         run = execution.run
+        execution.finishing = True
         run.paused_state = None
         try:
             await self._charge(run, result, metering, hold)
-        except ServiceError as error:
-            log.warning("settling credits of runs/%s failed: %s", run.id, error.message)
+        except Exception:  # noqa: BLE001 - the run ends all the same; its holds expire
+            log.warning("settling credits of runs/%s failed", run.id, exc_info=True)
         run.end_time = run.update_time = utc_now()
+        run.lease_expire_time, run.reservations = None, []
         execution.emit(run_finished=run_proto(run))
-        await self._store.save_run(
+        saved = await self.store.save_run(
             run,
             execution.unsaved(),
-            [*metering.usage_events, _changed(run)],
+            [*metering.usage_events, changed_event(run)],
             release_conversation=True,
+            owner=self.owner,
         )
-        self._finish(execution)
+        self._finish(execution, saved)
+
+    async def _let_go(self, execution: Execution, hold: Hold) -> None:
+        """Another replica has the run: what this one held for it goes back."""
+        log.warning("runs/%s is run elsewhere now; stopped here", execution.run.id)
+        execution.lost = True
+        try:
+            await self.credits.settle(hold, 0)
+        except Exception:  # noqa: BLE001, S110 - released by the replica that took it, or expired
+            pass
+        self._finish(execution, saved=False)
 
     async def _charge(self, run: records.Run, result: Any, metering: _Metering, hold: Hold) -> None:
         if result is not None:
             # A resumed RunState carries the usage from before its pause.
-            run.usage = usage_dict(result.context_wrapper.usage)
-        run.credits += await self._credits.settle(hold, metering.credits)
+            run.usage = add_usage(usage_dict(result.context_wrapper.usage), metering.other_usage)
+        elif metering.other_usage:
+            run.usage = add_usage(run.usage, metering.other_usage)
+        run.credits += await self.credits.settle(hold, metering.credits)
 
-    def _finish(self, execution: Execution) -> None:
+    def _finish(self, execution: Execution, saved: bool) -> None:
+        if not saved:
+            execution.lost = True
         execution.done.set()
         execution.changed.set()
         self.active.pop(execution.run.id, None)
-        self._on_saved()
+        self.room.set()
+        if saved:
+            self._on_saved()
 
 
 def _apply_decisions(state: RunState, decisions: dict[str, tuple[bool, str]]) -> None:
@@ -471,7 +548,7 @@ def _apply_decisions(state: RunState, decisions: dict[str, tuple[bool, str]]) ->
             state.reject(interruption, rejection_message=reason or "the call was not approved")
 
 
-def _changed(run: records.Run) -> events_pb2.RunChanged:
+def changed_event(run: records.Run) -> events_pb2.RunChanged:
     return events_pb2.RunChanged(
         run=RUN.format(run.id),
         user=f"users/{run.user_id}",

@@ -4,50 +4,79 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from agents import set_trace_processors
 
+from agentmesh.api import timestamp
 from agentmesh.gen.providers.v1 import events_pb2 as provider_events
 from agentmesh.gen.registry.v1 import events_pb2 as registry_events
 from agentmesh.gen.runner.v1 import events_pb2 as runner_events
+from agentmesh.ids import new_id, utc_now
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
 from agentmesh.outbox import OutboxRelay
 from services.runner.build import AgentBuilder
+from services.runner.compact import Compactor
 from services.runner.credits import Credits, Price
 from services.runner.definitions import AgentDefinitions
+from services.runner.dispatch import Dispatcher, Timing
 from services.runner.execute import Executor
 from services.runner.models import Models
-from services.runner.servicer import RunnerServicer, sweep_expired_approvals
+from services.runner.queue import RunQueue, ensure_queue
+from services.runner.servicer import RunnerServicer
 from services.runner.store import OUTBOX, RunnerStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("agentmesh.runner")
 
 
 class RunnerService(MeshService):
     def __init__(
         self,
         servicer: RunnerServicer,
+        queue: RunQueue,
+        dispatcher: Dispatcher,
         executor: Executor,
         models: Models,
         relay: OutboxRelay,
-        sweeper: asyncio.Task,
+        background: list[asyncio.Task],
     ):
         super().__init__(servicer)
+        self._queue = queue
+        self._dispatcher = dispatcher
         self._executor = executor
         self._models = models
         self._relay = relay
-        self._sweeper = sweeper
+        self._background = background
 
     async def stop(self) -> None:
-        self._sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sweeper
+        self._executor.stopping = True  # what breaks now is the stop's doing
+        await self._queue.stop()  # no new runs first
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._dispatcher.stop()
         await self._executor.stop()
         await self._relay.stop()
         await self._models.close()
+
+
+def replica_id() -> str:
+    """This process as the owner of the runs it executes: its host, and unique."""
+    return f"{socket.gethostname()[:40]}-{new_id()[:12]}"
+
+
+def queued_event(run_id: str, user_id: str) -> runner_events.RunQueued:
+    return runner_events.RunQueued(
+        run=f"runs/{run_id}", user=f"users/{user_id}", time=timestamp(utc_now())
+    )
 
 
 async def create(context: MeshContext) -> RunnerService:
@@ -55,34 +84,99 @@ async def create(context: MeshContext) -> RunnerService:
     settings = context.settings
     # The SDK's default exporter would send every span, and the API key, to OpenAI.
     set_trace_processors([])
-    store = RunnerStore(context.database)
+    store = RunnerStore(context.database, queued_event)
     definitions = AgentDefinitions(context.peer("registry"))
     models = Models(context.peer("providers"), settings.outbound_allow, settings.default_model)
     prices = {model: Price(**price) for model, price in settings.credit_prices.items()}
     credits = Credits(context.peer("registry"), prices, settings.run_credit_chunk)
+    # Before the relay first publishes to it: the queue's stream is a work queue.
+    await ensure_queue(context.events)
     relay = OutboxRelay(
         "runner",
         context.database,
         OUTBOX,
         context.events,
-        [runner_events.RunChanged, runner_events.UsageRecorded],
+        [runner_events.RunChanged, runner_events.UsageRecorded, runner_events.RunQueued],
     )
     relay.start()
+    lease = timedelta(seconds=settings.run_lease_seconds)
     executor = Executor(
         store,
         definitions,
         AgentBuilder(models, OutboundPolicy(settings.outbound_allow)),
         credits,
         timedelta(seconds=settings.approval_ttl_seconds),
+        owner=replica_id(),
+        compactor=Compactor(store, settings.conversation_token_budget),
         on_saved=relay.notify,
     )
-    servicer = RunnerServicer(store, definitions, executor, credits)
+    executor.start()
+    dispatcher = Dispatcher(
+        store,
+        executor,
+        credits,
+        context.events,
+        Timing(lease, settings.run_watch_poll_seconds, settings.run_cancel_wait_seconds),
+        on_saved=relay.notify,
+    )
+    servicer = RunnerServicer(store, definitions, dispatcher, executor)
     await context.events.subscribe(registry_events.AgentChanged, _forget(definitions.forget))
     await context.events.subscribe(provider_events.ProviderChanged, _forget(models.forget))
-    sweeper = asyncio.create_task(
-        sweep_expired_approvals(servicer, store, timedelta(seconds=settings.approval_sweep_seconds))
-    )
-    return RunnerService(servicer, executor, models, relay, sweeper)
+    await context.events.subscribe(runner_events.RunCancelRequested, dispatcher.on_cancel_requested)
+    queue = RunQueue(context.events, executor, dispatcher.claim, settings.runner_max_runs)
+    await queue.start()
+    background = [
+        _every(settings.run_lease_renew_seconds, "renewing leases", _renewal(dispatcher, lease)),
+        _every(settings.run_lease_sweep_seconds, "sweeping runs", dispatcher.sweep),
+        _every(settings.approval_sweep_seconds, "sweeping approvals", dispatcher.expire_approvals),
+        _every(settings.retention_sweep_seconds, "applying retention", _retention(store, settings)),
+    ]
+    log.info("runner replica %s", executor.owner)
+    return RunnerService(servicer, queue, dispatcher, executor, models, relay, background)
+
+
+def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> asyncio.Task:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:  # noqa: BLE001 - tried again next time
+                log.exception("%s failed", what)
+
+    return asyncio.create_task(loop(), name=f"runner: {what}")
+
+
+def _renewal(dispatcher: Dispatcher, lease: timedelta) -> Callable[[], Awaitable[None]]:
+    """Renews this replica's leases; one that cannot for a whole lease stops its runs,
+    which other replicas take over by then."""
+    renewed = utc_now()
+
+    async def renew() -> None:
+        nonlocal renewed
+        try:
+            await dispatcher.renew_leases()
+        except Exception:
+            if utc_now() - renewed > lease:
+                dispatcher.lose_all()
+            raise
+        renewed = utc_now()
+
+    return renew
+
+
+def _retention(store: RunnerStore, settings) -> Callable[[], Awaitable[None]]:  # type: ignore[no-untyped-def]
+    async def apply() -> None:
+        now = utc_now()
+        batch = settings.retention_batch
+        if days := settings.conversation_retention_days:
+            while await store.delete_idle_conversations(now - timedelta(days=days), batch) == batch:
+                pass
+        if days := settings.run_retention_days:
+            while await store.forget_ended_runs(now - timedelta(days=days), batch) == batch:
+                pass
+
+    return apply
 
 
 def _forget(drop):  # type: ignore[no-untyped-def]

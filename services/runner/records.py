@@ -1,10 +1,36 @@
-"""The runner's records: plain data the store reads and writes, never protos."""
+"""The runner's records: plain data the store reads and writes, never protos.
+
+States and busy policies are the contract's enum numbers (plain ints), named
+here once so the store can compare them without reading a message.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from agentmesh.gen.runner.v1 import runner_pb2
+
+QUEUED = runner_pb2.Run.STATE_QUEUED
+RUNNING = runner_pb2.Run.STATE_RUNNING
+AWAITING_APPROVAL = runner_pb2.Run.STATE_AWAITING_APPROVAL
+SUCCEEDED = runner_pb2.Run.STATE_SUCCEEDED
+FAILED = runner_pb2.Run.STATE_FAILED
+CANCELLED = runner_pb2.Run.STATE_CANCELLED
+BLOCKED = runner_pb2.Run.STATE_BLOCKED
+ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED, BLOCKED})
+# Busy policies under which a run waits for its conversation rather than fail;
+# those that interrupt the active run go ahead of those that only queued.
+WAITING = frozenset(
+    {
+        runner_pb2.BUSY_POLICY_ENQUEUE,
+        runner_pb2.BUSY_POLICY_INTERRUPT,
+        runner_pb2.BUSY_POLICY_ROLLBACK,
+    }
+)
+INTERRUPTING = frozenset({runner_pb2.BUSY_POLICY_INTERRUPT, runner_pb2.BUSY_POLICY_ROLLBACK})
+ROLLBACK = runner_pb2.BUSY_POLICY_ROLLBACK
 
 
 @dataclass
@@ -32,9 +58,33 @@ class Run:
     credits: int = 0
     # A google.rpc.Status, serialized, when the run failed.
     error: bytes | None = None
-    # The SDK's RunState as JSON while the run waits for approvals.
+    # The SDK's RunState as JSON from the run's pause until it ends: what a
+    # resumed run is replayed from when its runner is lost.
     paused_state: str | None = None
     end_time: datetime | None = None
+    # The context values the run starts with: what a queued run, or one replayed
+    # from its start, is started with.
+    start_context: dict[str, Any] | None = None
+    busy_policy: int = 0
+    # Queued behind the conversation's active run, which it waits for.
+    waiting: bool = False
+    # The run this one cancels (INTERRUPT, ROLLBACK) before it runs.
+    interrupts: str | None = None
+    # The runner replica that executes the run, and until when it holds it
+    # unless it renews its lease.
+    owner: str | None = None
+    lease_expire_time: datetime | None = None
+    # No tool has begun since the run's last safe point (its start, or its resume
+    # from a pause): a replica that takes it over may run it again from there.
+    replayable: bool = False
+    # The conversation's last item at that safe point; a replay drops the run's
+    # items after it.
+    checkpoint_item_seq: int = 0
+    # How many runners started it since its safe point (its claim, then each
+    # takeover): bounds replays of a run that keeps losing its runner.
+    attempts: int = 0
+    # Its open credit reservations (reservations/{id}), released if its runner is lost.
+    reservations: list[str] = field(default_factory=list)
 
     @property
     def agent_revision(self) -> str:
@@ -67,6 +117,7 @@ class Conversation:
     update_time: datetime
     active_run: str | None = None
     item_count: int = 0
+    compact_time: datetime | None = None
 
 
 @dataclass

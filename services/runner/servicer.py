@@ -6,36 +6,31 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import grpc
 from google.protobuf import empty_pb2, json_format
 
 from agentmesh import paging
 from agentmesh.api import timestamp
-from agentmesh.auth import Principal, current_user
-from agentmesh.errors import FailedPrecondition, ServiceError, Unimplemented
+from agentmesh.auth import current_user
+from agentmesh.errors import FailedPrecondition
 from agentmesh.gen.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
 from services.runner import records
 from services.runner.build import check_runnable
-from services.runner.credits import Credits
 from services.runner.definitions import AgentDefinitions
+from services.runner.dispatch import Dispatcher
+from services.runner.event_log import Execution
 from services.runner.execute import (
     APPROVAL,
-    ENDED,
     RUN,
-    Execution,
     Executor,
-    Resume,
-    Start,
     State,
     approval_proto,
-    failure,
     run_proto,
 )
-from services.runner.store import ConversationBusy, RunnerStore
+from services.runner.store import RunnerStore
 
 log = logging.getLogger("agentmesh.runner")
 Approval = runner_pb2.Approval
@@ -44,8 +39,6 @@ CONVERSATION = ResourceName.of(runner_pb2.Conversation)
 # agents/{agent} or agents/{agent}@{revision}; the request was validated already.
 _AGENT_AT = re.compile(r"agents/([A-Za-z0-9_-]+)(?:@([A-Za-z0-9_-]+))?")
 _DEFAULT_MAX_TURNS = 10
-# How often a watcher of a run live in another process looks for its end.
-_WATCH_POLL_SECONDS = 0.25
 
 
 def _cap(request_cap: int, agent_cap: int) -> int:
@@ -62,6 +55,7 @@ def _conversation_proto(conversation: records.Conversation) -> runner_pb2.Conver
         active_run=RUN.format(conversation.active_run) if conversation.active_run else "",
         create_time=timestamp(conversation.create_time),
         update_time=timestamp(conversation.update_time),
+        compact_time=timestamp(conversation.compact_time) if conversation.compact_time else None,
     )
 
 
@@ -95,18 +89,18 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         self,
         store: RunnerStore,
         definitions: AgentDefinitions,
+        dispatcher: Dispatcher,
         executor: Executor,
-        credits: Credits,
     ):
         self._store = store
         self._definitions = definitions
+        self._dispatcher = dispatcher
         self._executor = executor
-        self._credits = credits
 
     # ---- starting runs ----------------------------------------------------------
 
     async def _start(
-        self, request: runner_pb2.RunAgentRequest
+        self, request: runner_pb2.RunAgentRequest, queued: bool
     ) -> tuple[records.Run, Execution | None]:
         user = current_user()
         if request.request_id:
@@ -121,8 +115,6 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         )
         check_runnable(graph)
         definition = graph[agent_id]
-        context = await self._definitions.context_values(user.user, agent_id, request.context)
-        context.update(json_format.MessageToDict(request.context_values))
         conversation_id, new_conversation = new_id(), True
         if request.conversation:
             conversation_id = CONVERSATION.id(request.conversation)
@@ -144,92 +136,53 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             request_id=request.request_id,
             trace_id=f"trace_{new_id()}",
             last_agent_id=agent_id,
+            busy_policy=request.busy_policy,
         )
-        # Credits before anything runs: not enough is RESOURCE_EXHAUSTED, no model call.
-        hold = await self._credits.hold(user.user, run.max_credits)
-        try:
-            stored = await self._store.start_run(run, new_conversation)
-        except ConversationBusy:
-            await self._credits.settle(hold, 0)
-            if request.busy_policy not in (
-                runner_pb2.BUSY_POLICY_UNSPECIFIED,
-                runner_pb2.BUSY_POLICY_REJECT,
-            ):
-                raise Unimplemented(
-                    f"{runner_pb2.BusyPolicy.Name(request.busy_policy)} is not served yet: "
-                    "the conversation is busy and only BUSY_POLICY_REJECT applies"
-                ) from None
-            raise
-        except BaseException:
-            await self._credits.settle(hold, 0)
-            raise
-        if stored is not run:  # a retry raced its first request, which won
-            await self._credits.settle(hold, 0)
-            return stored, self._executor.active.get(stored.id)
-        return run, self._executor.launch(run, Start(context), hold)
+        context = self._context(user.user, agent_id, request)  # read while credits are held
+        return await self._dispatcher.start(run, context, new_conversation, queued)
+
+    async def _context(self, user: str, agent_id: str, request: runner_pb2.RunAgentRequest) -> dict:
+        """The run's context: the named context's values (else the agent's default
+        context's), with the request's values over them."""
+        context = await self._definitions.context_values(user, agent_id, request.context)
+        context.update(json_format.MessageToDict(request.context_values))
+        return context
 
     async def RunAgent(
         self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.Run:
-        run, execution = await self._start(request)
-        if execution is None:
-            return run_proto(run)
+        run, _ = await self._start(request, queued=False)
         try:
-            await execution.done.wait()
+            return run_proto(await self._dispatcher.wait(run))
         except asyncio.CancelledError:
-            self._executor.cancel(run.id)  # the caller hung up: the run ends with it
+            # The caller hung up: the run ends with it.
+            self._dispatcher.hung_up(run.id)
             raise
-        return run_proto(execution.run)
 
     async def StreamRun(
         self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runner_pb2.RunEvent]:
-        run, execution = await self._start(request)
-        async for event in self._events(run, execution, 0, started_here=True):
-            yield event
+        run, _ = await self._start(request, queued=False)
+        try:
+            async for event in self._dispatcher.follow(run, 0):
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            # A client that hangs up on the run it started cancels it; a watcher
+            # that hangs up only stops watching.
+            self._dispatcher.hung_up(run.id)
+            raise
 
     async def SubmitRun(
         self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.Run:
-        raise Unimplemented(
-            "SubmitRun (runs queued for any runner replica) is not served yet; "
-            "use RunAgent or StreamRun"
-        )
-
-    async def _events(
-        self, run: records.Run, execution: Execution | None, after: int, started_here: bool
-    ) -> AsyncIterator[runner_pb2.RunEvent]:
-        if execution is not None:
-            try:
-                async for event in execution.events(after):
-                    yield event
-            except (asyncio.CancelledError, GeneratorExit):
-                # A client that hangs up on the run it started cancels it; a
-                # watcher that hangs up only stops watching.
-                if started_here:
-                    self._executor.cancel(run.id)
-                raise
-            return
-        # The run lives elsewhere or has ended: its events are written when it
-        # pauses or ends.
-        while True:
-            for payload in await self._store.events_after(run.id, after):
-                event = runner_pb2.RunEvent.FromString(payload)
-                after = event.sequence
-                yield event
-            current = await self._store.get_run(run.user_id, run.id)
-            if current.state in ENDED or current.state == State.STATE_AWAITING_APPROVAL:
-                if not await self._store.events_after(run.id, after):
-                    return
-                continue
-            await asyncio.sleep(_WATCH_POLL_SECONDS)
+        run, _ = await self._start(request, queued=True)
+        return run_proto(run)
 
     async def WatchRun(
         self, request: runner_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runner_pb2.RunEvent]:
         run = await self._store.get_run(current_user().user_id, RUN.id(request.name))
-        execution = self._executor.active.get(run.id)
-        async for event in self._events(run, execution, request.after_sequence, started_here=False):
+        async for event in self._dispatcher.follow(run, request.after_sequence):
             yield event
 
     # ---- reading and governing runs ---------------------------------------------
@@ -260,25 +213,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def CancelRun(
         self, request: runner_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.Run:
-        user = current_user()
-        run = await self._store.get_run(user.user_id, RUN.id(request.name))
-        if run.state in ENDED:
-            return run_proto(run)
-        if execution := self._executor.active.get(run.id):
-            self._executor.cancel(run.id)
-            await execution.done.wait()
-            return run_proto(execution.run)
-        if run.state == State.STATE_AWAITING_APPROVAL and await self._store.claim_run(
-            run.id, State.STATE_AWAITING_APPROVAL, State.STATE_CANCELLED
-        ):
-            run.state, run.paused_state = State.STATE_CANCELLED, None
-            run.end_time = run.update_time = utc_now()
-            await self._store.save_run(run, release_conversation=True)
-            return run_proto(run)
-        raise FailedPrecondition(
-            f"{request.name} is running in another runner process; cancel it there",
-            reason="RUN_ELSEWHERE",
-        )
+        run = await self._dispatcher.cancel(current_user().user_id, RUN.id(request.name))
+        return run_proto(run)
 
     # ---- approvals -----------------------------------------------------------------
 
@@ -303,7 +239,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         run_id, approval_id = APPROVAL.parse(request.name)
         approval = await self._store.get_approval(user.user_id, run_id, approval_id)
         if approval.state == Approval.STATE_PENDING and approval.expire_time <= utc_now():
-            await self.expire(approval)
+            await self._dispatcher.expire(approval)
             approval = await self._store.get_approval(user.user_id, run_id, approval_id)
         approve = request.decision == Decision.DECISION_APPROVE
         state = Approval.STATE_APPROVED if approve else Approval.STATE_REJECTED
@@ -317,38 +253,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
                 + (f" ({decided.reason})" if decided.reason else ""),
                 reason="APPROVAL_DECIDED",
             )
-        await self.resume_if_decided(user, run_id)
+        await self._dispatcher.resume_if_decided(user.user_id, run_id)
         return approval_proto(await self._store.get_approval(user.user_id, run_id, approval_id))
-
-    async def expire(self, approval: records.Approval) -> None:
-        reason = f"no one decided by {approval.expire_time.isoformat()}: the call expired"
-        await self._store.decide_approval(
-            approval, Approval.STATE_EXPIRED, Approval.STATE_PENDING, reason, ""
-        )
-
-    async def resume_if_decided(self, user: Principal | str, run_id: str) -> None:
-        """Once no call of a paused run waits, the run goes on here: exactly one
-        process wins the claim, whichever resolved the last approval."""
-        user_id = user.user_id if isinstance(user, Principal) else user
-        approvals = await self._store.approvals_of(run_id)
-        if any(a.state == Approval.STATE_PENDING for a in approvals):
-            return
-        if not await self._store.claim_run(
-            run_id, State.STATE_AWAITING_APPROVAL, State.STATE_RUNNING
-        ):
-            return
-        run = await self._store.get_run(user_id, run_id)
-        assert run.paused_state is not None
-        decisions = {a.call_id: (a.state == Approval.STATE_APPROVED, a.reason) for a in approvals}
-        try:
-            hold = await self._credits.hold(f"users/{user_id}", run.max_credits)
-        except ServiceError as error:
-            run.state, run.paused_state = State.STATE_FAILED, None
-            run.error = failure(error).SerializeToString()
-            run.end_time = run.update_time = utc_now()
-            await self._store.save_run(run, release_conversation=True)
-            return
-        self._executor.launch(run, Resume(run.paused_state, decisions), hold)
 
     # ---- conversations ------------------------------------------------------------
 
@@ -393,19 +299,3 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             items=[_item_proto(item) for item in page.items],
             next_page_token=paging.next_page_token(page.last_seq),
         )
-
-
-async def sweep_expired_approvals(
-    servicer: RunnerServicer, store: RunnerStore, every: timedelta
-) -> None:
-    """Rejects calls no one decided in time, and lets their runs go on."""
-    while True:
-        await asyncio.sleep(every.total_seconds())
-        try:
-            for approval in await store.expired_approvals(Approval.STATE_PENDING, utc_now()):
-                await servicer.expire(approval)
-                await servicer.resume_if_decided(approval.user_id, approval.run_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a sweep that fails is tried again next time
-            log.exception("sweeping approvals failed")

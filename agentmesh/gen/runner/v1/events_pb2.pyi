@@ -54,3 +54,13 @@ class RunQueued(_message.Message):
     user: str
     time: _timestamp_pb2.Timestamp
     def __init__(self, run: _Optional[str] = ..., user: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RunCancelRequested(_message.Message):
+    __slots__ = ("run", "user", "time")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    user: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, run: _Optional[str] = ..., user: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
