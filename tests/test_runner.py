@@ -70,22 +70,27 @@ class Tenant:
         )
 
 
+async def use_model(client: Client, model: ModelServer) -> None:
+    """Makes the user's default provider the scripted model server."""
+    await client.providers.CreateProvider(
+        p.CreateProviderRequest(
+            provider=p.Provider(
+                display_name="scripted",
+                type=p.PROVIDER_TYPE_CUSTOM,
+                base_url=model.base_url,
+                api_key=KEY,
+                is_default=True,
+            )
+        )
+    )
+
+
 @pytest.fixture
 async def tenant(users) -> AsyncIterator[Tenant]:
     """A user with credits, and a default provider: its own scripted model server."""
     async with ModelServer(api_key=KEY) as model:
         client, user = await users.new(credits=1000)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="scripted",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         yield Tenant(client, user, model)
 
 
@@ -477,17 +482,7 @@ async def test_a_paused_run_survives_every_runner_restarting(tmp_path, endpoint)
         async with running_mesh(tmp_path, **settings) as mesh:
             users = Users(mesh)
             client, user = await users.new(credits=100)
-            await client.providers.CreateProvider(
-                p.CreateProviderRequest(
-                    provider=p.Provider(
-                        display_name="m",
-                        type=p.PROVIDER_TYPE_CUSTOM,
-                        base_url=model.base_url,
-                        api_key=KEY,
-                        is_default=True,
-                    )
-                )
-            )
+            await use_model(client, model)
             tenant = Tenant(client, user, model)
             run, (approval,) = await _paused(tenant, f"{base}/echo")
             key = (
@@ -520,17 +515,7 @@ async def test_an_expired_approval_rejects_the_call_with_its_reason(tmp_path, en
     ):
         users = Users(mesh)
         client, user = await users.new(credits=100)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="m",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         tenant = Tenant(client, user, model)
         run, (approval,) = await _paused(tenant, f"{base}/echo")
         model.enqueue(Reply(text="it expired"))
@@ -585,17 +570,7 @@ async def test_a_paused_run_keeps_its_revision_while_the_agent_changes(tenant, e
 async def test_no_credits_is_resource_exhausted_before_any_model_call(users):
     async with ModelServer(api_key=KEY) as model:
         client, user = await users.new(credits=0)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="m",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         agent = await client.registry.CreateAgent(
             r.CreateAgentRequest(agent=r.Agent(display_name="x"), agent_id="poor")
         )
@@ -627,17 +602,7 @@ async def test_the_agent_cap_holds_and_a_request_may_only_lower_it(tenant):
 async def test_200_racing_runs_never_overspend(users):
     async with ModelServer(api_key=KEY) as model:
         client, user = await users.new(credits=50)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="m",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         agent = await client.registry.CreateAgent(
             r.CreateAgentRequest(agent=r.Agent(display_name="x"), agent_id="racer")
         )
@@ -734,17 +699,7 @@ async def bounded(bounded_mesh) -> AsyncIterator[Tenant]:
     users = Users(bounded_mesh)
     async with ModelServer(api_key=KEY) as model:
         client, user = await users.new(credits=1000)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="m",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         yield Tenant(client, user, model)
     await users.close()
 
