@@ -39,7 +39,8 @@ Known bugs are listed in KNOWN_BUGS: the property steps around exactly their inp
 and each has a minimal reproduction below marked xfail(strict=True).
 
 AGENTMESH_PROPERTY_EXAMPLES=200 AGENTMESH_PROPERTY_RANDOM=1 runs a longer, random
-search; AGENTMESH_PROPERTY_STATS=FILE writes the codes each method answered.
+search (with `-p no:timeout`: a test then runs past pytest-timeout's 120 s);
+AGENTMESH_PROPERTY_STATS=FILE writes the codes each method answered.
 """
 
 from __future__ import annotations
@@ -403,9 +404,7 @@ def _json_value(leaf_text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
     keys = schema_keys | _TEXT
     return st.recursive(
         leaves,
-        lambda children: (
-            st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=4)
-        ),
+        lambda children: st.lists(children, max_size=3) | _mapping(keys, children, max_size=4),
         max_leaves=12,
     )
 
@@ -452,6 +451,9 @@ class Pool:
     names: tuple[str, ...]
     ids: tuple[str, ...]
     secrets: tuple[str, ...] = ()
+    # Ids no request may name: the API key the caller calls with (deleting it would
+    # lock the test out, which proves nothing).
+    protected: tuple[str, ...] = ()
 
 
 def _resource_patterns() -> list[str]:
@@ -558,7 +560,9 @@ class Requests:
     def remember(self, response: Message) -> None:
         """Keeps the names of resources a call returned, for later requests to name."""
         for text in _strings(response):
-            if RESOURCE_NAME.fullmatch(text) and text not in self.created:
+            if not RESOURCE_NAME.fullmatch(text) or text in self.created:
+                continue
+            if not any(protected in text for protected in self.pool.protected):
                 self.created.append(text)
 
     def _fill(self, pattern: str) -> st.SearchStrategy[str]:
@@ -647,7 +651,7 @@ class Requests:
             map_rules = rules.map
             keys = self._single(key_field, parent, depth, map_rules.keys, conform)
             values = self._single(value_field, parent, depth, map_rules.values, conform)
-            small = st.dictionaries(keys, values, max_size=3)
+            small = _mapping(keys, values, max_size=3)
             if conform or not map_rules.HasField("max_pairs") or map_rules.max_pairs > 256:
                 return small
             too_many = st.just({f"k{i}": "v" for i in range(map_rules.max_pairs + 1)})
@@ -767,7 +771,7 @@ class Requests:
             deep = st.integers(10, 45).map(
                 lambda depth: struct_pb2.Struct(fields={"deep": _deep_value(depth)})
             )
-            flat = st.dictionaries(
+            flat = _mapping(
                 st.sampled_from(["", "k", "$schema", "\x00"]) | _TEXT,
                 json_value | st.just(struct_pb2.Value()),
                 max_size=4,
@@ -849,7 +853,7 @@ def _valid_well_known(name: str) -> st.SearchStrategy:
         simple,
         lambda children: (
             st.lists(children, max_size=2)
-            | st.dictionaries(st.text(_PRINTABLE, max_size=8), children, max_size=2)
+            | _mapping(st.text(_PRINTABLE, max_size=8), children, max_size=2)
         ),
         max_leaves=5,
     )
@@ -862,7 +866,7 @@ def _valid_well_known(name: str) -> st.SearchStrategy:
             ]
         )
         keys = st.text(_PRINTABLE, min_size=1, max_size=8)
-        return (schema | st.dictionaries(keys, json_value, max_size=3)).map(_struct)
+        return (schema | _mapping(keys, json_value, max_size=3)).map(_struct)
     if name == "google.protobuf.Value":
         return json_value.map(_value_message)
     if name == "google.protobuf.ListValue":
@@ -983,6 +987,15 @@ def _name_pattern(message: descriptor.Descriptor) -> str:
     return f"^{ids}$"
 
 
+def _mapping(
+    keys: st.SearchStrategy, values: st.SearchStrategy, max_size: int
+) -> st.SearchStrategy[dict]:
+    """A dict of up to `max_size` pairs. Unlike st.dictionaries, a repeated key does not
+    make it draw again: what it draws never depends on the values (names of what earlier
+    calls created), so a replayed example draws the same."""
+    return st.lists(st.tuples(keys, values), max_size=max_size).map(dict)
+
+
 def _pick(items: list | tuple) -> st.SearchStrategy:
     """One of the items (like sampled_from, with a short repr for long lists)."""
     items = tuple(items)
@@ -1037,6 +1050,7 @@ class Tenant:
         self.requests: Requests | None = None
         self.state: dict[str, Any] | None = None  # as last read, for tests that read it
         self.echoable: set[str] = set()  # another tenant's ids this one sent itself
+        self.protected: list[str] = []  # ids of what no request may name (its API key)
 
     @property
     def user_id(self) -> str:
@@ -1079,49 +1093,69 @@ async def make_tenant(world_users: Users, service: Client, with_runs: bool) -> T
     target = await client.registry.CreateAgent(
         r.CreateAgentRequest(agent=r.Agent(display_name="target", tools=[tool]))
     )
-    agent = await client.registry.CreateAgent(
-        r.CreateAgentRequest(
-            agent=r.Agent(display_name="triage", handoffs=[target.name], metadata={"k": "v"}),
-            agent_id=f"triage-{user.name.removeprefix('users/')[:8].lower()}",
-        )
-    )
-    first_revision = agent.revision_id
-    agent = await client.registry.UpdateAgent(
-        r.UpdateAgentRequest(
-            agent=r.Agent(name=agent.name, instructions="second revision"),
-            update_mask=field_mask_pb2.FieldMask(paths=["instructions"]),
-        )
-    )
-    context = await client.registry.CreateContext(
-        r.CreateContextRequest(
-            parent=agent.name, context=r.Context(display_name="ctx", is_default=True)
-        )
-    )
-    context.values.update({"tier": "gold"})
-    workflow = await client.workflows.CreateWorkflow(
-        w.CreateWorkflowRequest(
-            workflow=w.Workflow(
-                display_name="flow",
-                steps=[w.WorkflowStep(id="only", agent=w.AgentStep(agent=target.name))],
+
+    async def triage() -> tuple[r.Agent, str, r.Context]:
+        """An agent handing off to `target`, with two revisions and a default context."""
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(
+                agent=r.Agent(display_name="triage", handoffs=[target.name], metadata={"k": "v"}),
+                agent_id=f"triage-{user.name.removeprefix('users/')[:8].lower()}",
             )
         )
-    )
-    provider = await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="nowhere",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=NOWHERE,
-                api_key="sk-nowhere-" + "n" * 20,
+        first_revision = agent.revision_id
+        agent = await client.registry.UpdateAgent(
+            r.UpdateAgentRequest(
+                agent=r.Agent(name=agent.name, instructions="second revision"),
+                update_mask=field_mask_pb2.FieldMask(paths=["instructions"]),
             )
         )
+        values = struct_pb2.Struct()
+        values.update({"tier": "gold"})
+        context = await client.registry.CreateContext(
+            r.CreateContextRequest(
+                parent=agent.name,
+                context=r.Context(display_name="ctx", values=values, is_default=True),
+            )
+        )
+        return agent, first_revision, context
+
+    async def keys() -> tuple[a.ListApiKeysResponse, a.ApiKey]:
+        in_use = await client.accounts.ListApiKeys(a.ListApiKeysRequest(parent="users/me"))
+        spare = await client.accounts.CreateApiKey(
+            a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(display_name="spare"))
+        )
+        return in_use, spare
+
+    (
+        (agent, first_revision, context),
+        workflow,
+        provider,
+        (in_use, spare),
+        reservation,
+    ) = await asyncio.gather(
+        triage(),
+        client.workflows.CreateWorkflow(
+            w.CreateWorkflowRequest(
+                workflow=w.Workflow(
+                    display_name="flow",
+                    steps=[w.WorkflowStep(id="only", agent=w.AgentStep(agent=target.name))],
+                )
+            )
+        ),
+        client.providers.CreateProvider(
+            p.CreateProviderRequest(
+                provider=p.Provider(
+                    display_name="nowhere",
+                    type=p.PROVIDER_TYPE_CUSTOM,
+                    base_url=NOWHERE,
+                    api_key="sk-nowhere-" + "n" * 20,
+                )
+            )
+        ),
+        keys(),
+        service.accounts.ReserveCredits(a.ReserveCreditsRequest(user=user.name, amount=7)),
     )
-    spare = await client.accounts.CreateApiKey(
-        a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(display_name="spare"))
-    )
-    reservation = await service.accounts.ReserveCredits(
-        a.ReserveCreditsRequest(user=user.name, amount=7)
-    )
+    tenant.protected += [key.name.rpartition("/")[2] for key in in_use.api_keys]
     tenant.own(
         user.name,
         target.name,
@@ -1139,11 +1173,13 @@ async def make_tenant(world_users: Users, service: Client, with_runs: bool) -> T
     )
     tenant.secrets += [spare.secret]
     if with_runs:
-        run = await client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="hello"))
-        assert run.state == rn.Run.STATE_SUCCEEDED, run
-        paused = await client.runner.RunAgent(
-            rn.RunAgentRequest(agent=target.name, input="please call needs_ok")
+        run, paused = await asyncio.gather(
+            client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="hello")),
+            client.runner.RunAgent(
+                rn.RunAgentRequest(agent=target.name, input="please call needs_ok")
+            ),
         )
+        assert run.state == rn.Run.STATE_SUCCEEDED, run
         assert paused.state == rn.Run.STATE_AWAITING_APPROVAL, paused
         approvals = await client.runner.ListApprovals(rn.ListApprovalsRequest(parent=paused.name))
         tenant.own(
@@ -1194,6 +1230,7 @@ def pool_of(caller: Tenant, other: Tenant) -> Pool:
         names=tuple(dict.fromkeys([*caller.names, *other.names])),
         ids=tuple(dict.fromkeys([*caller.ids, *other.ids])),
         secrets=tuple(caller.secrets),
+        protected=tuple(caller.protected),
     )
 
 
@@ -1231,7 +1268,8 @@ async def snapshot(client: Client) -> dict[str, Any]:
             client.runner.ListWorkflowRuns(rn.ListWorkflowRunsRequest(page_size=page))
         ),
     }
-    state = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
+    async with asyncio.timeout(CALL_TIMEOUT):  # a read that hangs fails the test
+        state = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
     nested = {}
     for agent in state["agents"].agents:
         nested[f"{agent.name} revisions"] = client.registry.ListAgentRevisions(
@@ -1245,7 +1283,8 @@ async def snapshot(client: Client) -> dict[str, Any]:
             nested[f"{run.name} approvals"] = client.runner.ListApprovals(
                 rn.ListApprovalsRequest(parent=run.name, page_size=page)
             )
-    state.update(zip(nested, await asyncio.gather(*nested.values()), strict=True))
+    async with asyncio.timeout(CALL_TIMEOUT):
+        state.update(zip(nested, await asyncio.gather(*nested.values()), strict=True))
     return state
 
 
@@ -1545,6 +1584,7 @@ def known_bug(rpc: Rpc, request: Message) -> KnownBug | None:
     for bug in KNOWN_BUGS:
         try:
             if bug.applies(rpc, request):
+                STATS[str(rpc)][f"skipped: {bug.test}"] += 1
                 return bug
         except Exception:  # noqa: BLE001 - a predicate that does not apply
             continue
@@ -2047,14 +2087,12 @@ async def test_a_run_with_a_malformed_context_name_says_which_field(
 async def test_a_key_expiring_at_no_valid_time_is_invalid_argument(
     bystander: Tenant, expire_time: timestamp_pb2.Timestamp
 ):
-    before = await snapshot(bystander.client)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await bystander.client.accounts.CreateApiKey(
             a.CreateApiKeyRequest(parent="users/me", api_key=a.ApiKey(expire_time=expire_time))
         )
     assert caught.value.code() == Code.INVALID_ARGUMENT, caught.value
     assert field_violations(caught.value) == ["api_key.expire_time"]
-    assert await snapshot(bystander.client) == before
 
 
 @pytest.mark.xfail(
@@ -2209,13 +2247,11 @@ async def test_a_struct_holding_nan_or_infinity_is_invalid_argument(
     method, request = _struct_places(bystander, _nan_struct(value))[place]
     service, name = method.split(".")
     descriptor_ = next(s for s in SERVICES if s.name == service).methods_by_name[name]
-    before = await snapshot(bystander.client)
     answer = await invoke(bystander.client.channel, Rpc(descriptor_, USER), request)
     assert answer.code == Code.INVALID_ARGUMENT, answer.error
     field = place.removesuffix(" (update)")
     violations = field_violations(answer.error)
     assert violations and all(v.startswith(field) for v in violations), violations
-    assert await snapshot(bystander.client) == before
 
 
 @pytest.mark.xfail(
