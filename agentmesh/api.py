@@ -7,11 +7,14 @@ by hand beside them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from functools import cache
 
 import protovalidate
 from google.api import field_behavior_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
@@ -41,12 +44,84 @@ def field_path(violation) -> str:
 
 
 def validate(message: Message, prefix: str = "") -> None:
-    """Raises InvalidArgument naming every field that breaks its buf.validate rules."""
-    violations = protovalidate.collect_violations(message)
+    """Raises InvalidArgument naming every field that breaks its buf.validate rules,
+    or holds a value no store can keep (see unstorable)."""
+    violations = [
+        (prefix + field_path(violation), violation.proto.message)
+        for violation in protovalidate.collect_violations(message)
+    ]
+    violations += [(prefix + path, reason) for path, reason in unstorable(message)]
     if violations:
-        raise InvalidArgument(
-            (prefix + field_path(violation), violation.proto.message) for violation in violations
-        )
+        raise InvalidArgument(violations)
+
+
+_WELL_KNOWN = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_TIMES = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31
+_MAX_DURATION = 315576000000  # 10,000 years, protobuf's bound
+
+
+def unstorable(message: Message, path: str = "") -> Iterator[tuple[str, str]]:
+    """The fields holding what neither JSON nor the databases can keep, whatever the
+    field's rules say: NaN or an infinity in a Struct, a NUL character (Postgres text
+    and jsonb refuse it), a Timestamp or Duration outside protobuf's range (it cannot
+    become a datetime). Each is an INVALID_ARGUMENT at its path, never an INTERNAL
+    from deep in a store."""
+    name = message.DESCRIPTOR.full_name
+    if name in _WELL_KNOWN:
+        if problem := _json_problem(message):
+            yield path, problem
+        return
+    if name in _TIMES:
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        if name.endswith("Timestamp"):
+            valid = _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000
+        else:
+            valid = abs(seconds) <= _MAX_DURATION and abs(nanos) < 1_000_000_000
+            valid = valid and (seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0))
+        if not valid:
+            yield path, "not a valid time: out of protobuf's range"
+        return
+    for field, value in message.ListFields():
+        here = f"{path}.{field.name}" if path else field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                at = f'{here}["{key}"]' if isinstance(key, str) else f"{here}[{key}]"
+                if isinstance(key, str) and "\0" in key:
+                    yield here, "a key holds a NUL character"
+                if value_field.message_type is not None:
+                    yield from unstorable(item, at)
+                elif isinstance(item, str) and "\0" in item:
+                    yield at, "holds a NUL character"
+        elif field.message_type is not None:
+            items = enumerate(value) if field.is_repeated else [(None, value)]
+            for index, item in items:
+                yield from unstorable(item, here if index is None else f"{here}[{index}]")
+        elif field.type == field.TYPE_STRING:
+            texts = value if field.is_repeated else [value]
+            if any("\0" in text for text in texts):
+                yield here, "holds a NUL character"
+
+
+def _json_problem(value: Message) -> str | None:
+    """What keeps a Struct, Value or ListValue from being stored as JSON, if anything."""
+    if isinstance(value, struct_pb2.Struct):
+        if any("\0" in key for key in value.fields):
+            return "holds a NUL character"
+        items: Iterable[Message] = value.fields.values()
+    elif isinstance(value, struct_pb2.ListValue):
+        items = value.values
+    else:
+        kind = value.WhichOneof("kind")  # type: ignore[attr-defined]
+        if kind == "number_value" and not math.isfinite(value.number_value):  # type: ignore[attr-defined]
+            return "holds NaN or an infinity, which JSON cannot"
+        if kind == "string_value" and "\0" in value.string_value:  # type: ignore[attr-defined]
+            return "holds a NUL character"
+        if kind not in ("struct_value", "list_value"):
+            return None
+        items = [getattr(value, kind)]
+    return next((problem for item in items if (problem := _json_problem(item))), None)
 
 
 def timestamp(value: datetime) -> Timestamp:

@@ -246,8 +246,29 @@ class OutboundPolicy:
 
 
 def check_url_literal(url: str, allow: Iterable[str]) -> None:
-    """Refuses URLs whose host is an internal IP literal or localhost, without DNS."""
+    """Refuses, without DNS, URLs no request can be sent to (see url_problem) and
+    those whose host is an internal IP literal or localhost: what a definition may
+    not store."""
+    if problem := url_problem(url):
+        raise BlockedDestination(problem)
     OutboundPolicy(allow).check_url(url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why no HTTP request could be sent to this URL, or None if one could."""
+    if not url:
+        return None
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        return "a URL cannot hold spaces or control characters"
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL:
+        return "not a valid URL"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "must be an http(s) URL with a host"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return "the port must be between 1 and 65535"
+    return None
 
 
 async def check_destination(url: str, allow: Iterable[str]) -> None:

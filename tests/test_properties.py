@@ -62,7 +62,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import httpx2
 import protovalidate
 import pytest
 from google.api import field_behavior_pb2, resource_pb2
@@ -1443,141 +1442,9 @@ class KnownBug:
     applies: Callable[[Rpc, Message], bool]
 
 
-_RUN_REQUEST = "agentmesh.runner.v1.RunAgentRequest"
-
-
-def _run_names_a_malformed_conversation(rpc: Rpc, request: Message) -> bool:
-    return (
-        rpc.method.input_type.full_name == _RUN_REQUEST
-        and request.conversation != ""
-        and re.fullmatch(r"conversations/[A-Za-z0-9_-]{1,64}", request.conversation) is None
-    )
-
-
-def _run_names_a_malformed_context(rpc: Rpc, request: Message) -> bool:
-    return (
-        rpc.method.input_type.full_name == _RUN_REQUEST
-        and request.context != ""
-        and re.fullmatch(
-            r"agents/[A-Za-z0-9_-]{1,64}/contexts/[A-Za-z0-9_-]{1,64}", request.context
-        )
-        is None
-    )
-
-
-def _valid_timestamp(stamp: timestamp_pb2.Timestamp) -> bool:
-    return -62135596800 <= stamp.seconds <= 253402300799 and 0 <= stamp.nanos <= 999_999_999
-
-
-def _key_expires_at_no_time(rpc: Rpc, request: Message) -> bool:
-    return (
-        rpc.method.input_type.full_name == "agentmesh.registry.v1.CreateApiKeyRequest"
-        and request.api_key.HasField("expire_time")
-        and not _valid_timestamp(request.api_key.expire_time)
-    )
-
-
-def _unusable_base_url(url: str) -> bool:
-    try:
-        parsed = httpx2.URL(url)
-    except httpx2.InvalidURL:
-        return True
-    return parsed.port is not None and not 0 < parsed.port < 65536
-
-
-def _not_a_header_value(text: str) -> bool:
-    return not text.isascii()
-
-
-def _provider_that_cannot_be_called(rpc: Rpc, request: Message) -> bool:
-    if rpc.method.input_type.full_name not in {
-        "agentmesh.providers.v1.CreateProviderRequest",
-        "agentmesh.providers.v1.UpdateProviderRequest",
-    }:
-        return False
-    provider = request.provider
-    headers = [provider.api_key, provider.organization, *provider.extra_headers.values()]
-    return _unusable_base_url(provider.base_url) or any(map(_not_a_header_value, headers))
-
-
-def _regex_pattern_with_a_line_break(rpc: Rpc, request: Message) -> bool:
-    agent = getattr(request, "agent", None)
-    if not isinstance(agent, r.Agent):
-        return False
-    guardrails = [*agent.input_guardrails, *agent.output_guardrails]
-    return any(
-        len(f"x{guardrail.regex.pattern}x".splitlines()) > 1
-        for guardrail in guardrails
-        if guardrail.WhichOneof("check") == "regex"
-    )
-
-
-def _non_finite_number(message: Message, depth: int = 0) -> bool:
-    """Whether a Struct or Value anywhere in the message holds NaN or an infinity."""
-    if isinstance(message, struct_pb2.Value) and message.WhichOneof("kind") == "number_value":
-        return not math.isfinite(message.number_value)
-    if depth > 200:
-        return False
-    for described, value in message.ListFields():
-        if described.message_type is None:
-            continue
-        if described.message_type.GetOptions().map_entry:
-            items = (
-                value.values()
-                if described.message_type.fields_by_name["value"].message_type
-                else []
-            )
-        else:
-            items = value if described.is_repeated else [value]
-        if any(_non_finite_number(item, depth + 1) for item in items):
-            return True
-    return False
-
-
-def _struct_with_a_non_finite_number(rpc: Rpc, request: Message) -> bool:
-    return _non_finite_number(request)
-
-
 _MOST_CREDITS = 10**12  # the most one ReserveCredits may hold (account.proto)
 
-
-def _run_capped_past_what_can_be_reserved(rpc: Rpc, request: Message) -> bool:
-    name = rpc.method.input_type.full_name
-    if name == _RUN_REQUEST:
-        return request.max_credits > _MOST_CREDITS
-    if name in {
-        "agentmesh.registry.v1.CreateAgentRequest",
-        "agentmesh.registry.v1.UpdateAgentRequest",
-    }:  # an agent whose runs would all hit it
-        return request.agent.max_credits_per_run > _MOST_CREDITS
-    return False
-
-
-KNOWN_BUGS: list[KnownBug] = [
-    KnownBug(
-        "test_a_run_capped_past_what_can_be_reserved_names_no_foreign_field",
-        _run_capped_past_what_can_be_reserved,
-    ),
-    KnownBug(
-        "test_a_struct_holding_nan_or_infinity_is_invalid_argument",
-        _struct_with_a_non_finite_number,
-    ),
-    KnownBug(
-        "test_an_invalid_regex_is_quoted_escaped_in_the_error", _regex_pattern_with_a_line_break
-    ),
-    KnownBug(
-        "test_a_run_on_a_malformed_conversation_name_is_invalid_argument",
-        _run_names_a_malformed_conversation,
-    ),
-    KnownBug(
-        "test_a_run_with_a_malformed_context_name_says_which_field", _run_names_a_malformed_context
-    ),
-    KnownBug("test_a_key_expiring_at_no_valid_time_is_invalid_argument", _key_expires_at_no_time),
-    KnownBug(
-        "test_a_provider_that_cannot_be_called_is_refused_or_never_answers_internal",
-        _provider_that_cannot_be_called,
-    ),
-]
+KNOWN_BUGS: list[KnownBug] = []
 
 
 def known_bug(rpc: Rpc, request: Message) -> KnownBug | None:
@@ -2026,10 +1893,10 @@ async def test_user_text_never_forges_a_log_line(
         assert "\x1b[" not in output, f"{source} carries the caller's escape sequence"
 
 
-# ---- known bugs, reproduced: each is xfail(strict) until it is fixed --------------------
+# ---- regressions: once known bugs (KNOWN_BUGS), each reproduced minimally --------------
 #
-# When one is fixed its test passes, strict xfail fails the suite: remove the mark and
-# its entry in KNOWN_BUGS, so the properties cover those inputs again.
+# A new known bug gets an entry in KNOWN_BUGS (the properties step around its inputs)
+# and a test here marked xfail(strict=True); when it is fixed, both go.
 
 
 def _own_agent(tenant: Tenant) -> str:
@@ -2040,11 +1907,6 @@ RUN_METHODS = ["RunAgent", "StreamRun", "SubmitRun"]
 _RUNNER = {m.name: m for m in rn.DESCRIPTOR.services_by_name["RunnerService"].methods}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a non-empty conversation that is not conversations/{id} reaches "
-    "CONVERSATION.id(), whose ValueError answers INTERNAL (services/runner/servicer.py _start)",
-)
 @pytest.mark.parametrize("method", RUN_METHODS)
 async def test_a_run_on_a_malformed_conversation_name_is_invalid_argument(
     world: World, bystander: Tenant, method: str
@@ -2055,11 +1917,6 @@ async def test_a_run_on_a_malformed_conversation_name_is_invalid_argument(
     assert field_violations(answer.error) == ["conversation"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the registry's GetContext refusal is passed on as it came, naming the "
-    "field `name` (of GetContextRequest), not the run request's `context`",
-)
 @pytest.mark.parametrize("method", RUN_METHODS)
 async def test_a_run_with_a_malformed_context_name_says_which_field(
     world: World, bystander: Tenant, method: str
@@ -2070,11 +1927,6 @@ async def test_a_run_with_a_malformed_context_name_says_which_field(
     assert field_violations(answer.error) == ["context"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: CreateApiKey converts api_key.expire_time with ToDatetime(), whose "
-    "ValueError for a timestamp out of range answers INTERNAL (services/registry/servicer.py)",
-)
 @pytest.mark.parametrize(
     "expire_time",
     [
@@ -2095,13 +1947,6 @@ async def test_a_key_expiring_at_no_valid_time_is_invalid_argument(
     assert field_violations(caught.value) == ["api_key.expire_time"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Create/UpdateProvider store what no HTTP client can send (a base_url with a "
-    "bad port or control characters; non-ASCII in the key, organization or a header); "
-    "TestProvider then answers INTERNAL and runs end with an INTERNAL status "
-    "(services/providers/servicer.py _check, probe.py, runner model clients)",
-)
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -2146,12 +1991,6 @@ async def test_a_provider_that_cannot_be_called_is_refused_or_never_answers_inte
     assert run.error.code != Code.INTERNAL.value[0], run.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: services/registry/checks.py regex_problem puts RE2's error text, which "
-    "ends with the raw pattern, in the violation: a line break in a pattern starts a new "
-    "line of the error (agentmesh.patterns.compile_pattern quotes it escaped)",
-)
 async def test_an_invalid_regex_is_quoted_escaped_in_the_error(bystander: Tenant):
     guardrail = g.Guardrail(
         name="re", regex=g.RegexCheck(pattern="(\nFORGED", action=g.RegexCheck.ACTION_BLOCK)
@@ -2234,11 +2073,6 @@ def _places() -> list[str]:
 _STRUCT_PLACES = _places()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: json_format.MessageToDict raises ValueError on NaN/Infinity in a Struct "
-    "(schema checks, stored definitions and context values all convert it): INTERNAL",
-)
 @pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "infinity"])
 @pytest.mark.parametrize("place", _STRUCT_PLACES)
 async def test_a_struct_holding_nan_or_infinity_is_invalid_argument(
@@ -2254,27 +2088,24 @@ async def test_a_struct_holding_nan_or_infinity_is_invalid_argument(
     assert violations and all(v.startswith(field) for v in violations), violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a run reserves its cap (the request's max_credits, else the agent's "
-    "max_credits_per_run) as is; past 10^12 the registry refuses the ReserveCredits and "
-    "its violation of `amount` is passed on, a field the run request does not have",
-)
 @pytest.mark.parametrize("method", RUN_METHODS)
-@pytest.mark.parametrize("where", ["request", "agent"])
-async def test_a_run_capped_past_what_can_be_reserved_names_no_foreign_field(
-    bystander: Tenant, method: str, where: str
+async def test_a_run_capped_past_what_can_be_reserved_names_its_own_field(
+    bystander: Tenant, method: str
 ):
-    cap = _MOST_CREDITS + 1
-    agent = await bystander.client.registry.CreateAgent(
-        r.CreateAgentRequest(
-            agent=r.Agent(display_name="big", max_credits_per_run=cap if where == "agent" else 0)
-        )
-    )
     request = rn.RunAgentRequest(
-        agent=agent.name, input="hi", max_credits=cap if where == "request" else 0
+        agent=_own_agent(bystander), input="hi", max_credits=_MOST_CREDITS + 1
     )
-    rpc = Rpc(_RUNNER[method], USER)
-    answer = await invoke(bystander.client.channel, rpc, request)
-    check_answer(rpc, answer)
-    check_violations_name_fields(request, answer)
+    answer = await invoke(bystander.client.channel, Rpc(_RUNNER[method], USER), request)
+    assert answer.code == Code.INVALID_ARGUMENT, answer.error
+    assert field_violations(answer.error) == ["max_credits"]
+
+
+async def test_an_agent_capped_past_what_can_be_reserved_is_refused(bystander: Tenant):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await bystander.client.registry.CreateAgent(
+            r.CreateAgentRequest(
+                agent=r.Agent(display_name="big", max_credits_per_run=_MOST_CREDITS + 1)
+            )
+        )
+    assert caught.value.code() == Code.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["agent.max_credits_per_run"]

@@ -318,6 +318,34 @@ async def test_urls_to_internal_addresses_are_refused(new_user, url, where):
     assert await list_all_agents(client) == []
 
 
+def _schema_holding(value) -> dict:
+    return {"type": "object", "properties": {"x": {"enum": [value]}}}
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        (agent("nul\x00name"), "agent.display_name"),
+        (agent(instructions="a\x00b"), "agent.instructions"),
+        (agent(output_type=_schema_holding(float("nan"))), "agent.output_type"),
+        (agent(output_type=_schema_holding(float("inf"))), "agent.output_type"),
+        (agent(output_type=_schema_holding("a\x00b")), "agent.output_type"),
+        (
+            agent(output_guardrails=[schema_guardrail(_schema_holding(float("-inf")))]),
+            "agent.output_guardrails[0].builtin.json_schema.schema",
+        ),
+    ],
+    ids=["nul-display-name", "nul-instructions", "nan", "inf", "nul-in-struct", "-inf-deep"],
+)
+async def test_values_no_store_can_hold_are_refused_by_path(new_user, bad, where):
+    """NUL (Postgres text and jsonb refuse it) and NaN/Infinity (JSON cannot hold them)
+    are INVALID_ARGUMENT at their field on both databases, and nothing is written."""
+    client, _ = await new_user()
+    fields, _ = await invalid(client.registry.CreateAgent(r.CreateAgentRequest(agent=bad)))
+    assert fields == [where]
+    assert await list_all_agents(client) == []
+
+
 async def test_an_allowlisted_internal_url_is_accepted(new_sqlite_user):
     # The SQLite mesh runs with AGENTMESH_OUTBOUND_ALLOW=["127.0.0.1"].
     client, _ = await new_sqlite_user()

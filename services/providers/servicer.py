@@ -106,6 +106,17 @@ def _check(message: p.Provider, require_key: bool, allow: list[str]) -> None:
         raise InvalidArgument([("provider.api_key", f"a {kind} provider needs an api_key")])
     if message.default_model and message.models and message.default_model not in message.models:
         raise InvalidArgument([("provider.default_model", "must be one of provider.models")])
+    # What goes out in request headers must be something a header can carry.
+    headers = {"provider.api_key": message.api_key, "provider.organization": message.organization}
+    headers |= {f'provider.extra_headers["{k}"]': v for k, v in message.extra_headers.items()}
+    if unsendable := [field for field, value in headers.items() if not _header_value(value)]:
+        raise InvalidArgument(
+            (field, "only printable ASCII can be sent in a header") for field in unsendable
+        )
+
+
+def _header_value(text: str) -> bool:
+    return all(" " <= char <= "~" or char == "\t" for char in text)
 
 
 def _base_url(config: dict) -> str:

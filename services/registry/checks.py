@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import re2
 from google.protobuf import json_format, struct_pb2
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError
 
@@ -20,25 +19,20 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.names import ResourceName
 from agentmesh.outbound import BlockedDestination, check_url_literal
+from agentmesh.patterns import compile_pattern
 
 AGENT = ResourceName.of(registry_pb2.Agent)
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 Violation = tuple[str, str]
 
-# Bad patterns are answered to the client; RE2 would also log each one, verbatim.
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-
 
 def regex_problem(pattern: str) -> str | None:
+    """Why the pattern is not valid RE2 (the pattern quoted escaped and capped), or None."""
     try:
-        re2.compile(pattern, _RE2_OPTIONS)
-    except re2.error as error:
-        detail = error.args[0] if error.args else ""
-        if isinstance(detail, bytes):
-            detail = detail.decode(errors="replace")
-        return f"not a valid RE2 pattern: {detail}"
+        compile_pattern(pattern)
+    except ValueError as invalid:
+        return str(invalid)
     return None
 
 

@@ -19,6 +19,7 @@ them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
@@ -104,7 +105,12 @@ class Dispatcher:
         holding = asyncio.ensure_future(self._credits.hold(f"users/{run.user_id}", run.max_credits))
         try:
             run.start_context = await context
-        except BaseException:
+        except Exception:
+            # Given back before the caller hears: a refused run changes nothing.
+            with contextlib.suppress(Exception):
+                await self._credits.settle(await holding, 0)
+            raise
+        except BaseException:  # cancelled: give it back without waiting
             self._give_back(holding)
             raise
         hold = await holding
