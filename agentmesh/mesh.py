@@ -31,6 +31,7 @@ from agentmesh.errors import Unavailable
 from agentmesh.events import EventBus
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, events_pb2
 from agentmesh.nats_server import EmbeddedNats
+from agentmesh.paging import Pages
 from agentmesh.server import GrpcServer
 
 log = logging.getLogger("agentmesh")
@@ -79,6 +80,8 @@ class MeshContext:
     authenticator: Authenticator
     # The service's own database, migrated; None for a service without one.
     database: AsyncEngine | None
+    # Seals the page tokens of the service's List methods (agentmesh/paging.py).
+    pages: Pages
     _peer: Callable[[str], grpc.aio.Channel] = field(repr=False)
 
     def peer(self, service: str) -> grpc.aio.Channel:
@@ -149,6 +152,7 @@ class Mesh:
         self._server = GrpcServer(self.authenticator)
         # The port first: services may make peer channels to this very process.
         self.port = self._server.bind(f"{settings.host}:{settings.port}")
+        pages = Pages(self._service_token)
         for plugin in self.plugins:
             database = None
             if plugin.migrations is not None:
@@ -156,7 +160,7 @@ class Mesh:
                 database = await open_database(url, plugin.migrations)
                 self._databases.append(database)
             context = MeshContext(
-                plugin.name, settings, self.events, self.authenticator, database, self.peer
+                plugin.name, settings, self.events, self.authenticator, database, pages, self.peer
             )
             service = await plugin.create(context)
             self.services[plugin.name] = service  # only what started is stopped

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from agentmesh.testing.vault import DevVault
 from services.providers.secrets import (
     LocalSecretStore,
+    SecretConflict,
     SecretCorrupted,
     SecretNotFound,
     SecretStore,
@@ -110,6 +111,23 @@ async def test_concurrent_rotations_get_distinct_versions(store: SecretStore) ->
     versions = await asyncio.gather(*(store.put("p", f"key-{i}") for i in range(8)))
     assert len(set(versions)) == 8
     assert (await store.get("p")).startswith("key-")
+
+
+async def test_check_and_set_writes_only_over_the_expected_version(store: SecretStore) -> None:
+    assert await store.latest_version("cas") == "0"
+    first = await store.put("cas", "one", cas="0")
+    with pytest.raises(SecretConflict):
+        await store.put("cas", "again", cas="0")  # it exists now
+    assert await store.latest_version("cas") == first
+    # Racing writers that read the same latest version: one writes, the rest nothing.
+    results = await asyncio.gather(
+        *(store.put("cas", f"key-{i}", cas=first) for i in range(8)), return_exceptions=True
+    )
+    written = [r for r in results if isinstance(r, str)]
+    assert len(written) == 1
+    assert all(isinstance(r, SecretConflict) for r in results if not isinstance(r, str))
+    assert await store.latest_version("cas") == written[0]
+    assert await store.get("cas", first) == "one"
 
 
 @pytest.mark.parametrize("path", ["", "/p", "p/", "a//b", "../p", "a/../b", "."])

@@ -74,5 +74,6 @@ async def create(context: MeshContext) -> Providers:
         context.events,
         system_default(settings, standin.base_url if standin else ""),
         settings.outbound_allow,
+        context.pages,
     )
     return Providers(servicer, standin)

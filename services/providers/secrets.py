@@ -48,13 +48,25 @@ class SecretStoreUnavailable(SecretStoreError):
     """The backend is down, sealed, misconfigured or refused the request."""
 
 
+class SecretConflict(SecretStoreError):
+    """A check-and-set write found another version than the one it expected."""
+
+
 class SecretCorrupted(SecretStoreError):
     """A stored ciphertext failed authentication: tampered, moved, or under another key."""
 
 
 class SecretStore(Protocol):
-    async def put(self, path: str, secret: str) -> str:
-        """Store a new version of the secret at ``path``; returns its version id."""
+    async def put(self, path: str, secret: str, cas: str | None = None) -> str:
+        """Store a new version of the secret at ``path``; returns its version id.
+
+        With ``cas`` (check-and-set) only if the latest version is that one ("0":
+        only if there is none yet), else SecretConflict and nothing is written.
+        """
+        ...
+
+    async def latest_version(self, path: str) -> str:
+        """The latest version's id; "0" when there is none."""
         ...
 
     async def get(self, path: str, version: str | None = None) -> str:
@@ -101,15 +113,29 @@ class VaultSecretStore:
         self._mount_point = mount_point
         self._prefix = path_prefix.strip("/")
 
-    async def put(self, path: str, secret: str) -> str:
+    async def put(self, path: str, secret: str, cas: str | None = None) -> str:
         response = await self._call(
             "put",
             path,
             lambda kv, at: kv.create_or_update_secret(
-                at, secret={"value": secret}, mount_point=self._mount_point
+                at,
+                secret={"value": secret},
+                cas=None if cas is None else int(cas),
+                mount_point=self._mount_point,
             ),
         )
         return str(response["data"]["version"])
+
+    async def latest_version(self, path: str) -> str:
+        try:
+            response = await self._call(
+                "read metadata",
+                path,
+                lambda kv, at: kv.read_secret_metadata(at, mount_point=self._mount_point),
+            )
+        except SecretNotFound:
+            return "0"
+        return str(response["data"]["current_version"])
 
     async def get(self, path: str, version: str | None = None) -> str:
         response = await self._call(
@@ -146,6 +172,11 @@ class VaultSecretStore:
                 )
             else:
                 error = SecretNotFound(f"no secret at {path!r}")
+        except hvac.exceptions.InvalidRequest as exc:
+            if any("check-and-set" in str(text) for text in exc.errors or ()):
+                error = SecretConflict(f"the secret at {path!r} has a newer version")
+            else:
+                error = SecretStoreUnavailable(f"Vault {action} failed ({type(exc).__name__})")
         except (hvac.exceptions.VaultError, requests.RequestException, OSError) as exc:
             error = SecretStoreUnavailable(f"Vault {action} failed ({type(exc).__name__})")
         # Raised outside the except blocks so neither __cause__ nor __context__
@@ -189,9 +220,13 @@ class LocalSecretStore:
         # operation is the simplest way to keep worker threads from interleaving.
         self._lock = threading.Lock()
 
-    async def put(self, path: str, secret: str) -> str:
+    async def put(self, path: str, secret: str, cas: str | None = None) -> str:
         _check_path(path)
-        return await self._run(self._put, path, secret)
+        return await self._run(self._put, path, secret, cas)
+
+    async def latest_version(self, path: str) -> str:
+        _check_path(path)
+        return await self._run(self._latest_version, path)
 
     async def get(self, path: str, version: str | None = None) -> str:
         _check_path(path)
@@ -208,12 +243,15 @@ class LocalSecretStore:
             # OSError carries at most a file name (a hash), never a secret.
             raise SecretStoreUnavailable(f"local secret store I/O failed: {exc.strerror}") from exc
 
-    def _put(self, path: str, secret: str) -> str:
+    def _put(self, path: str, secret: str, cas: str | None) -> str:
         with self._lock:
             aead = self._cipher()
             file = self._file(path)
             versions = self._read(file)
-            version = versions[-1]["version"] + 1 if versions else 1
+            latest = versions[-1]["version"] if versions else 0
+            if cas is not None and str(latest) != cas:
+                raise SecretConflict(f"the secret at {path!r} has a newer version")
+            version = latest + 1
             nonce = os.urandom(_NONCE_BYTES)
             ciphertext = aead.encrypt(nonce, secret.encode(), path.encode())
             versions.append(
@@ -241,6 +279,11 @@ class LocalSecretStore:
                 return aead.decrypt(nonce, ciphertext, path.encode()).decode()
             except (InvalidTag, ValueError, KeyError, TypeError):
                 raise SecretCorrupted(f"stored secret at {path!r} failed to decrypt") from None
+
+    def _latest_version(self, path: str) -> str:
+        with self._lock:
+            versions = self._read(self._file(path))
+            return str(versions[-1]["version"]) if versions else "0"
 
     def _delete(self, path: str) -> None:
         with self._lock:

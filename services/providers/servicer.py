@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import grpc
 from google.protobuf import duration_pb2, empty_pb2, json_format
 
-from agentmesh import paging
 from agentmesh.api import check_update, merge_update, timestamp
 from agentmesh.auth import current_user
-from agentmesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from agentmesh.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from agentmesh.events import EventBus
 from agentmesh.gen.common.v1 import common_pb2
 from agentmesh.gen.providers.v1 import events_pb2, providers_pb2_grpc
@@ -16,11 +18,18 @@ from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
 from agentmesh.outbound import BlockedDestination, check_url_literal
+from agentmesh.paging import Pages
 from services.providers.probe import DEFAULT_BASE_URLS, NEEDS_BASE_URL, probe
-from services.providers.secrets import SecretNotFound, SecretStore, SecretStoreUnavailable
+from services.providers.secrets import (
+    SecretConflict,
+    SecretNotFound,
+    SecretStore,
+    SecretStoreUnavailable,
+)
 from services.providers.store import Provider, ProviderStore
 
 PROVIDER = ResourceName.of(p.Provider)
+_T = TypeVar("_T")
 _CONFIG_FIELDS = ("display_name", "base_url", "default_model", "organization")
 # Which provider type each typed settings message belongs to.
 _SETTINGS_TYPE = {"azure_openai": "azure_openai", "anthropic": "anthropic"}
@@ -131,8 +140,10 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         events: EventBus,
         system_default: p.Credentials | None,
         outbound_allow: list[str],
+        pages: Pages,
     ):
         self._store = store
+        self._pages = pages
         self._secrets = secrets
         self._events = events
         self._system_default = system_default
@@ -147,7 +158,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         path = _secret_path(user.user_id, provider_id)
         # The secret first: if the store is down nothing is written at all, and
         # if the row then fails the secret is taken back.
-        version = await self._put_secret(path, api_key)
+        version = await self._put_secret(path, api_key, cas="0")
         created = utc_now()
         provider = Provider(
             provider_id,
@@ -177,14 +188,15 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
     async def ListProviders(
         self, request: p.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> p.ListProvidersResponse:
+        cursor = self._pages.open(request)
         page = await self._store.list(
             current_user().user_id,
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return p.ListProvidersResponse(
             providers=[_proto(provider) for provider in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def UpdateProvider(
@@ -199,10 +211,13 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         if "api_key" in request.update_mask.paths:
             if not merged.api_key and existing.config["type"] != "custom":
                 raise InvalidArgument([("provider.api_key", "cannot be emptied; rotate it")])
-            # Rotation: a new version of the same secret, used from the next resolution on.
-            existing.secret_version = await self._put_secret(
-                _secret_path(user.user_id, existing.id), merged.api_key
-            )
+            # Rotation: a new version of the same secret, used from the next resolution
+            # on. Check-and-set on the latest version: of concurrent rotations one
+            # writes and the rest write nothing (ABORTED), so no burst of them can push
+            # the version in use out of the secret's bounded history.
+            path = _secret_path(user.user_id, existing.id)
+            latest = await self._secret_call(self._secrets.latest_version(path))
+            existing.secret_version = await self._put_secret(path, merged.api_key, cas=latest)
             existing.api_key_hint = _hint(merged.api_key)
         provider = await self._store.update(existing, expected_etag=existing.etag)
         await self._publish_change(provider, common_pb2.CHANGE_KIND_UPDATED)
@@ -275,9 +290,19 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         _set_settings(credentials, config)
         return credentials
 
-    async def _put_secret(self, path: str, api_key: str) -> str:
+    async def _put_secret(self, path: str, api_key: str, cas: str) -> str:
         try:
-            return await self._secrets.put(path, api_key)
+            return await self._secret_call(self._secrets.put(path, api_key, cas))
+        except SecretConflict:
+            raise Aborted(
+                "the provider's API key was rotated at the same time by another request; "
+                "read the provider and try again",
+                reason="CONCURRENT_ROTATION",
+            ) from None
+
+    async def _secret_call(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
         except SecretStoreUnavailable:
             raise _unavailable() from None
 

@@ -19,9 +19,9 @@ log = logging.getLogger("agentmesh.registry")
 class Registry(MeshService):
     def __init__(self, context: MeshContext, store: RegistryStore):
         super().__init__(
-            RegistryServicer(store, context.events, context.settings.outbound_allow),
-            WorkflowServicer(store, context.events),
-            AccountServicer(store, context.authenticator, context.events),
+            RegistryServicer(store, context.events, context.pages, context.settings.outbound_allow),
+            WorkflowServicer(store, context.events, context.pages),
+            AccountServicer(store, context.authenticator, context.events, context.pages),
         )
         self._store = store
         self._sweep_seconds = context.settings.reservation_sweep_seconds

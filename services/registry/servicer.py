@@ -16,7 +16,6 @@ from google.api import field_behavior_pb2
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
 
-from agentmesh import paging
 from agentmesh.api import check_update, field_behaviors, merge_update, timestamp, validate
 from agentmesh.auth import Authenticator, current_user
 from agentmesh.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
@@ -33,6 +32,7 @@ from agentmesh.gen.registry.v1 import (
 )
 from agentmesh.ids import new_id, new_revision_id, utc_now
 from agentmesh.names import ResourceName
+from agentmesh.paging import Pages
 from services.registry import records
 from services.registry.api_keys import hash_key
 from services.registry.checks import agent_references, check_agent_definition
@@ -128,8 +128,15 @@ def _reported_at(error: InvalidArgument, paths: Iterable[str], field: str) -> In
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, events: EventBus, outbound_allow: Sequence[str] = ()):
+    def __init__(
+        self,
+        store: RegistryStore,
+        events: EventBus,
+        pages: Pages,
+        outbound_allow: Sequence[str] = (),
+    ):
         self._agents = store.agents
+        self._pages = pages
         self._contexts = store.contexts
         self._events = events
         self._outbound_allow = list(outbound_allow)
@@ -176,14 +183,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListAgents(
         self, request: registry_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListAgentsResponse:
+        cursor = self._pages.open(request)
         page = await self._agents.list_agents(
             current_user().user_id,
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return registry_pb2.ListAgentsResponse(
             agents=[_agent_proto(agent) for agent in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def UpdateAgent(
@@ -215,15 +223,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListAgentRevisions(
         self, request: registry_pb2.ListAgentRevisionsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListAgentRevisionsResponse:
+        cursor = self._pages.open(request)
         page = await self._agents.list_agent_revisions(
             current_user().user_id,
             AGENT.id(request.name),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return registry_pb2.ListAgentRevisionsResponse(
             agents=[_agent_proto(revision, as_revision=True) for revision in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def RollbackAgent(
@@ -311,15 +320,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListContexts(
         self, request: registry_pb2.ListContextsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListContextsResponse:
+        cursor = self._pages.open(request)
         page = await self._contexts.list_contexts(
             current_user().user_id,
             AGENT.id(request.parent),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return registry_pb2.ListContextsResponse(
             contexts=[_context_proto(found) for found in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def DeleteContext(
@@ -383,8 +393,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
 
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
-    def __init__(self, store: RegistryStore, events: EventBus):
+    def __init__(self, store: RegistryStore, events: EventBus, pages: Pages):
         self._workflows = store.workflows
+        self._pages = pages
         self._events = events
 
     async def CreateWorkflow(
@@ -420,14 +431,15 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     async def ListWorkflows(
         self, request: workflows_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> workflows_pb2.ListWorkflowsResponse:
+        cursor = self._pages.open(request)
         page = await self._workflows.list_workflows(
             current_user().user_id,
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return workflows_pb2.ListWorkflowsResponse(
             workflows=[_workflow_proto(workflow) for workflow in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def UpdateWorkflow(
@@ -537,8 +549,11 @@ def _own_user_id(user_name: str) -> str:
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
-    def __init__(self, store: RegistryStore, authenticator: Authenticator, events: EventBus):
+    def __init__(
+        self, store: RegistryStore, authenticator: Authenticator, events: EventBus, pages: Pages
+    ):
         self._accounts = store.accounts
+        self._pages = pages
         self._credits = store.credits
         self._authenticator = authenticator
         self._events = events
@@ -574,14 +589,15 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     async def ListApiKeys(
         self, request: account_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.ListApiKeysResponse:
+        cursor = self._pages.open(request)
         page = await self._accounts.list_api_keys(
             _own_user_id(request.parent),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return account_pb2.ListApiKeysResponse(
             api_keys=[_key_proto(key) for key in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def DeleteApiKey(

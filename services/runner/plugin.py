@@ -119,7 +119,7 @@ async def create(context: MeshContext) -> RunnerService:
         Timing(lease, settings.run_watch_poll_seconds, settings.run_cancel_wait_seconds),
         on_saved=relay.notify,
     )
-    servicer = RunnerServicer(store, definitions, dispatcher, executor)
+    servicer = RunnerServicer(store, definitions, dispatcher, executor, context.pages)
     await context.events.subscribe(registry_events.AgentChanged, _forget(definitions.forget))
     await context.events.subscribe(provider_events.ProviderChanged, _forget(models.forget))
     await context.events.subscribe(runner_events.RunCancelRequested, dispatcher.on_cancel_requested)

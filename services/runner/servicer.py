@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import empty_pb2, json_format
 
-from agentmesh import paging
 from agentmesh.api import timestamp
 from agentmesh.auth import current_user
 from agentmesh.errors import FailedPrecondition
 from agentmesh.gen.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
+from agentmesh.paging import Pages
 from services.runner import records
 from services.runner.build import check_runnable
 from services.runner.definitions import AgentDefinitions
@@ -91,8 +91,10 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         definitions: AgentDefinitions,
         dispatcher: Dispatcher,
         executor: Executor,
+        pages: Pages,
     ):
         self._store = store
+        self._pages = pages
         self._definitions = definitions
         self._dispatcher = dispatcher
         self._executor = executor
@@ -199,15 +201,16 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def ListRuns(
         self, request: runner_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.ListRunsResponse:
+        cursor = self._pages.open(request)
         page = await self._store.list_runs(
             current_user().user_id,
             request.agent.removeprefix("agents/"),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return runner_pb2.ListRunsResponse(
             runs=[run_proto(run) for run in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def CancelRun(
@@ -221,15 +224,16 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def ListApprovals(
         self, request: runner_pb2.ListApprovalsRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.ListApprovalsResponse:
+        cursor = self._pages.open(request)
         page = await self._store.list_approvals(
             current_user().user_id,
             RUN.id(request.parent),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return runner_pb2.ListApprovalsResponse(
             approvals=[approval_proto(a) for a in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def ResolveApproval(
@@ -269,15 +273,16 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def ListConversations(
         self, request: runner_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.ListConversationsResponse:
+        cursor = self._pages.open(request)
         page = await self._store.list_conversations(
             current_user().user_id,
             request.agent.removeprefix("agents/"),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return runner_pb2.ListConversationsResponse(
             conversations=[_conversation_proto(c) for c in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
 
     async def DeleteConversation(
@@ -289,13 +294,14 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def ListConversationItems(
         self, request: runner_pb2.ListConversationItemsRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.ListConversationItemsResponse:
+        cursor = self._pages.open(request)
         page = await self._store.list_items(
             current_user().user_id,
             CONVERSATION.id(request.parent),
-            paging.decode_page_token(request.page_token),
-            paging.page_size(request.page_size),
+            cursor.after,
+            cursor.size,
         )
         return runner_pb2.ListConversationItemsResponse(
             items=[_item_proto(item) for item in page.items],
-            next_page_token=paging.next_page_token(page.last_seq),
+            next_page_token=cursor.next_token(page.last_seq),
         )
