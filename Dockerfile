@@ -9,7 +9,9 @@ COPY agentmesh agentmesh
 COPY services services
 # Wheels for the package and every dependency, so the final stage needs no compiler
 # and keeps no build cache.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# torch from the CPU index: the default PyPI wheel brings gigabytes of CUDA.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels \
+      --extra-index-url https://download.pytorch.org/whl/cpu .
 
 FROM python:3.11-slim
 # bubblewrap: the sandbox the runner and guardrails run user code in.

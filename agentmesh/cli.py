@@ -6,6 +6,7 @@ agentmesh agents list | apply FILE
 agentmesh run AGENT "input" [--conversation C] [--context key=value]
 agentmesh runs list | get RUN | watch RUN
 agentmesh approvals list RUN | approve NAME | reject NAME --reason WHY
+agentmesh traces list [--agent NAME] | show TRACE
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from agentmesh.catalog import apply_definitions, list_all_agents, load_definitions
+from agentmesh.cli_common import Key, KeyFile, Target, async_command, client_for, err, out
+from agentmesh.cli_files import files_app
+from agentmesh.cli_traces import traces_app
+from agentmesh.cli_workflows import workflows_app
 from agentmesh.client import Client
 from agentmesh.config import Settings
 from agentmesh.gateway import Gateway
@@ -47,34 +49,11 @@ approvals_app = typer.Typer(
 app.add_typer(agents_app, name="agents")
 app.add_typer(runs_app, name="runs")
 app.add_typer(approvals_app, name="approvals")
-out = Console()
-err = Console(stderr=True)
 
 State = runner_pb2.Run.State
 DataDir = Annotated[Path | None, typer.Option(help="Default .agentmesh")]
 Port = Annotated[int | None, typer.Option(help="Default 50051; 0 picks a free port")]
 Host = Annotated[str | None, typer.Option(help="Default 127.0.0.1")]
-Target = Annotated[str, typer.Option(help="The mesh to talk to")]
-Key = Annotated[str | None, typer.Option(help="API key (default: read --key-file)")]
-KeyFile = Annotated[Path, typer.Option(help="File holding the API key")]
-
-
-def _async(command: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Runs an async command; a gRPC error becomes its message and exit status 1."""
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            asyncio.run(command(*args, **kwargs))
-        except grpc.aio.AioRpcError as error:
-            err.print(f"[red]{error.code().name}[/red]: {error.details()}")
-            raise typer.Exit(1) from None
-
-    return run
-
-
-def _client(target: str, key: str | None, key_file: Path) -> Client:
-    return Client(target, (key or key_file.read_text()).strip())
 
 
 def _settings(data_dir: Path | None, port: int | None, host: str | None, **more: Any) -> Settings:
@@ -195,25 +174,25 @@ def _agents_table(agents: list[registry_pb2.Agent]) -> Table:
 
 
 @agents_app.command("list")
-@_async
+@async_command
 async def agents_list(
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         out.print(_agents_table(await list_all_agents(client)))
 
 
 @agents_app.command("apply")
-@_async
+@async_command
 async def agents_apply(
     file: Path,
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         await apply_definitions(client, load_definitions(file))
         out.print(_agents_table(await list_all_agents(client)))
 
@@ -300,7 +279,7 @@ def _summary(run: runner_pb2.Run) -> None:
 
 
 @app.command()
-@_async
+@async_command
 async def run(
     agent: Annotated[str, typer.Argument(help="Resource name, id or display name")],
     text: Annotated[str, typer.Argument(help="The input")],
@@ -311,21 +290,21 @@ async def run(
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
     """Runs an agent and streams its answer as it comes."""
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         finished = await _stream_run(client, agent, text, conversation, _context(context))
     if finished.state not in (State.STATE_SUCCEEDED, State.STATE_AWAITING_APPROVAL):
         raise typer.Exit(1)
 
 
 @runs_app.command("list")
-@_async
+@async_command
 async def runs_list(
     agent: Annotated[str, typer.Option(help="Only this agent's runs")] = "",
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         name = await _agent_name(client, agent) if agent else ""
         runs = (
             await client.runner.ListRuns(runner_pb2.ListRunsRequest(agent=name, page_size=100))
@@ -338,27 +317,27 @@ async def runs_list(
 
 
 @runs_app.command("get")
-@_async
+@async_command
 async def runs_get(
     name: str,
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         found = await client.runner.GetRun(runner_pb2.GetRunRequest(name=name))
     out.print_json(json_format.MessageToJson(found))
 
 
 @runs_app.command("watch")
-@_async
+@async_command
 async def runs_watch(
     name: str,
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         await _show_events(client.runner.WatchRun(runner_pb2.WatchRunRequest(name=name)))
 
 
@@ -366,14 +345,14 @@ async def runs_watch(
 
 
 @approvals_app.command("list")
-@_async
+@async_command
 async def approvals_list(
     run_name: Annotated[str, typer.Argument(metavar="RUN")],
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         found = await client.runner.ListApprovals(runner_pb2.ListApprovalsRequest(parent=run_name))
     table = Table("APPROVAL", "TOOL", "ARGUMENTS", "STATE", box=None)
     for approval in found.approvals:
@@ -397,19 +376,19 @@ async def _decide(
 
 
 @approvals_app.command("approve")
-@_async
+@async_command
 async def approvals_approve(
     name: str,
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         await _decide(name, runner_pb2.ResolveApprovalRequest.DECISION_APPROVE, "", client)
 
 
 @approvals_app.command("reject")
-@_async
+@async_command
 async def approvals_reject(
     name: str,
     reason: Annotated[str, typer.Option(help="What the model is told")],
@@ -417,8 +396,13 @@ async def approvals_reject(
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
-    async with _client(target, key, key_file) as client:
+    async with client_for(target, key, key_file) as client:
         await _decide(name, runner_pb2.ResolveApprovalRequest.DECISION_REJECT, reason, client)
+
+
+app.add_typer(traces_app, name="traces")
+app.add_typer(files_app, name="files")
+app.add_typer(workflows_app, name="workflows")
 
 
 def main() -> None:

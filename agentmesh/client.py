@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import grpc
 
+from agentmesh.gen.files.v1 import files_pb2_grpc
+from agentmesh.gen.guardrails.v1 import guardrails_pb2_grpc
 from agentmesh.gen.providers.v1 import providers_pb2_grpc
 from agentmesh.gen.registry.v1 import account_pb2_grpc, registry_pb2_grpc, workflows_pb2_grpc
 from agentmesh.gen.runner.v1 import runner_pb2_grpc
@@ -69,6 +71,8 @@ class Client:
         self.providers = providers_pb2_grpc.ProviderServiceStub(self.channel)
         self.workflows = workflows_pb2_grpc.WorkflowServiceStub(self.channel)
         self.runner = runner_pb2_grpc.RunnerServiceStub(self.channel)
+        self.files = files_pb2_grpc.FileServiceStub(self.channel)
+        self.guardrails = guardrails_pb2_grpc.GuardrailServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()

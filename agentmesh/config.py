@@ -91,6 +91,29 @@ class Settings(BaseSettings):
     # How often retention is applied, and how many rows it deletes per transaction.
     retention_sweep_seconds: float = 3600.0
     retention_batch: int = 500
+    # Files: the largest upload accepted, in bytes.
+    files_max_bytes: int = 50 * 1024 * 1024
+    # Where uploaded bytes live, content-addressed; empty: data_dir/blobs.
+    files_blob_dir: str = ""
+    # Milvus: a Milvus server's URI (http://milvus:19530); empty: Milvus Lite in
+    # data_dir/milvus.db.
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    # How long an ingestion may go without reporting progress before JetStream
+    # gives its file to another files replica (a worker that died).
+    files_ingest_ack_seconds: float = 30.0
+    # Texts the embedder embeds at once.
+    files_embed_batch: int = 32
+
+    # Traces: runs record their spans (off: the SDK builds none); a runner sends what
+    # it collected every trace_flush_seconds. The traces service deletes traces that
+    # started more than trace_retention_days ago (0 keeps them), and with an
+    # otlp_endpoint (OTLP/HTTP, e.g. http://otel-collector:4318/v1/traces; headers from
+    # OTEL_EXPORTER_OTLP_HEADERS) also exports every span there.
+    trace_runs: bool = True
+    trace_flush_seconds: float = 1.0
+    trace_retention_days: float = 0.0
+    otlp_endpoint: str = ""
 
     def database_url_for(self, service: str) -> str:
         return self.database_url.format(service=service, data_dir=self.data_dir)

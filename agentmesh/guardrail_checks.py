@@ -638,6 +638,12 @@ def _accept_secret(candidate: str, before: str, after: str, match: Any) -> tuple
     return 0, len(candidate)
 
 
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where the secrets detector finds a secret in `text`: (start, end) spans, in
+    order, for callers that mask rather than judge (span redaction)."""
+    return [(start, end) for start, end, _, _ in _Text(text).scan(_SECRETS, _accept_secret)]
+
+
 def _secrets(text: str) -> Verdict:
     findings: list[_Finding] = []
     truncated = False
@@ -1167,3 +1173,238 @@ def _json_schema(detector: guardrails_pb2.JsonSchemaConformance, text: str) -> V
         more = f"{len(errors)}+" if len(errors) == _ERRORS_WEIGHED else str(len(errors))
         message += f"; {more} errors in all"
     return Verdict(True, message, info)
+
+
+# --- Streaming windows ------------------------------------------------------------
+#
+# A run streams its answer through a gate (services/runner/guarding.py): text is
+# sent only once every output guardrail has seen it with enough text after it to
+# decide. For a check whose findings are at most W characters wide, holding back
+# the last W characters is enough: a finding that is not complete yet starts in
+# what is held back. A check that needs the whole text (ACTION_ALLOW, a maximum
+# length, a JSON Schema) or an unbounded pattern has no window: its agent's text
+# is held until the output is final.
+
+# Keys, tokens and emails are unbroken runs of any length: the gate holds back
+# the trailing run whole (up to its own bound), so these windows cover the rest.
+_PII_WINDOW = 48  # a card with separators (23), an IBAN (44), an international phone
+_SECRETS_WINDOW = 96  # `aws_secret_access_key = "<40>"`, a private key header
+# What a finding still being written looks like at the end of the text, for the
+# detectors whose findings have a recognisable start: only from there on is text
+# held back (prose flows on at once). Anything else is held by the window.
+_TAILS = {
+    "pii": _fixed(
+        # A card, phone or IBAN being written: digits and separators, or two
+        # letters and a digit (DE89 ...).
+        r"(?:[+(]?\d[\d ()./\-]*|\b[A-Za-z]{2}\d[\dA-Za-z ]*)$"
+    ),
+    "secrets": _fixed(
+        r"(?i:\bbearer(?:[ \t]+[A-Za-z0-9\-._~+/]*=*)?"
+        r"|\b(?:aws_?secret|secret_?access)\w*[\"']?\s*(?:=>?|:)?\s*[\"']?[A-Za-z0-9/+]*"
+        r"|-----BEGIN[A-Z0-9 ]*-*)$"
+    ),
+}
+_INJECTION_WINDOW = 200  # the longest built-in phrase with a few spaces in its gaps
+# Characters a detector looks at beside a match (a word boundary, digits after a card).
+_CONTEXT = 4
+
+
+def stream_window(guardrail: guardrails_pb2.Guardrail) -> int | None:
+    """How many trailing characters of a streamed text this check needs held back
+    before what precedes them may be sent; None when it needs the whole text."""
+    kind = guardrail.WhichOneof("check")
+    if kind == "regex":
+        if guardrail.regex.action != guardrails_pb2.RegexCheck.ACTION_BLOCK:
+            return None
+        width = pattern_width(guardrail.regex.pattern)
+        return None if width is None else width + _CONTEXT
+    if kind != "builtin":
+        return None
+    builtin = guardrail.builtin
+    detector = builtin.WhichOneof("detector")
+    if detector == "pii":
+        return _PII_WINDOW
+    if detector == "secrets":
+        return _SECRETS_WINDOW
+    if detector == "prompt_injection":
+        extra = max((2 * len(p) for p in builtin.prompt_injection.extra_phrases), default=0)
+        return max(_INJECTION_WINDOW, extra + _CONTEXT)
+    if detector == "blocked_terms":
+        return max((len(t) for t in builtin.blocked_terms.terms), default=0) + _CONTEXT
+    return None
+
+
+def stream_hold(guardrail: guardrails_pb2.Guardrail, window: int, tail: str) -> int:
+    """How many characters at the end of `tail` (the last `window` characters of a
+    streamed text) this check needs held back now: from where a finding may be
+    being written, for detectors that can tell; else the whole window."""
+    if guardrail.WhichOneof("check") == "builtin":
+        pattern = _TAILS.get(guardrail.builtin.WhichOneof("detector") or "")
+        if pattern is not None:
+            found = pattern.search(tail)
+            return len(tail) - found.start() if found else 0
+    return window
+
+
+# At most this wide, or the pattern counts as unbounded: a window this long would
+# hold back most answers anyway.
+_MAX_PATTERN_WIDTH = 4096
+_PATTERN_ESCAPE_WIDTH = {
+    # Zero-width assertions.
+    "b": 0, "B": 0, "A": 0, "z": 0,
+}  # fmt: skip
+
+
+class _Unbounded(Exception):
+    pass
+
+
+def pattern_width(pattern: str) -> int | None:
+    """The most characters a match of this RE2 pattern can span, or None when that
+    is unbounded (`*`, `+`, `{n,}`) or not sure (anything this reading does not know).
+
+    A conservative reading of RE2's syntax that never matches anything: it only
+    counts, so an unknown construct makes it answer None, never a smaller width.
+    """
+    try:
+        width, end = _alternation(pattern, 0)
+    except (_Unbounded, IndexError, ValueError):
+        return None
+    if end != len(pattern) or width > _MAX_PATTERN_WIDTH:
+        return None
+    return width
+
+
+def _alternation(p: str, i: int) -> tuple[int, int]:
+    widest = 0
+    while True:
+        width, i = _sequence(p, i)
+        widest = max(widest, width)
+        if i < len(p) and p[i] == "|":
+            i += 1
+            continue
+        return widest, i
+
+
+def _sequence(p: str, i: int) -> tuple[int, int]:
+    total = 0
+    while i < len(p) and p[i] not in "|)":
+        width, i = _atom(p, i)
+        times, i = _repetition(p, i)
+        total += width * times
+        if total > _MAX_PATTERN_WIDTH:
+            raise _Unbounded
+    return total, i
+
+
+_REPEAT = _fixed(r"^\{(\d+)(,(\d*))?\}")
+
+
+def _repetition(p: str, i: int) -> tuple[int, int]:
+    """How many times the atom before `i` may repeat at most, and where after it."""
+    if i >= len(p):
+        return 1, i
+    if p[i] in "*+":
+        raise _Unbounded
+    if p[i] == "?":
+        times, i = 1, i + 1
+    elif p[i] == "{" and (counted := _REPEAT.search(p[i:])):
+        if counted.group(2) is not None and not counted.group(3):
+            raise _Unbounded
+        times = int(counted.group(3) or counted.group(1))
+        i += counted.end()
+    else:
+        return 1, i
+    if i < len(p) and p[i] == "?":  # lazy
+        i += 1
+    if i < len(p) and p[i] in "*+?{":
+        raise _Unbounded  # stacked repetition: not worth reading
+    return times, i
+
+
+def _atom(p: str, i: int) -> tuple[int, int]:
+    char = p[i]
+    if char in "^$":
+        return 0, i + 1
+    if char == ".":
+        return 1, i + 1
+    if char == "[":
+        return 1, _class_end(p, i + 1)
+    if char == "\\":
+        return _escape(p, i + 1)
+    if char == "(":
+        if p.startswith("(?", i):
+            j = i + 2
+            if p.startswith("P<", j) or p.startswith("<", j):
+                j = p.index(">", j) + 1
+            else:
+                while p[j] not in ":)":
+                    if not (p[j].isalpha() or p[j] == "-"):
+                        raise ValueError(p[j])
+                    j += 1
+                if p[j] == ")":  # flags only: (?i)
+                    return 0, j + 1
+                j += 1
+        else:
+            j = i + 1
+        width, j = _alternation(p, j)
+        if p[j] != ")":
+            raise ValueError(")")
+        return width, j + 1
+    if char in "*+?{)|":
+        raise ValueError(char)
+    return 1, i + 1
+
+
+def _class_end(p: str, i: int) -> int:
+    """Where the character class opened before `i` ends."""
+    if p[i] == "^":
+        i += 1
+    if p[i] == "]":
+        i += 1
+    while p[i] != "]":
+        if p[i] == "\\":
+            i = _escape(p, i + 1)[1]
+        elif p.startswith("[:", i):
+            i = p.index(":]", i + 2) + 2
+        else:
+            i += 1
+    return i + 1
+
+
+def _escape(p: str, i: int) -> tuple[int, int]:
+    """The width of the escape whose backslash is just before `i`, and its end."""
+    char = p[i]
+    if char in _PATTERN_ESCAPE_WIDTH:
+        return _PATTERN_ESCAPE_WIDTH[char], i + 1
+    if char == "Q":  # \Q...\E quotes literally
+        end = p.find("\\E", i + 1)
+        if end == -1:
+            return len(p) - i - 1, len(p)
+        return end - i - 1, end + 2
+    if char in "pP":
+        if p[i + 1] == "{":
+            return 1, p.index("}", i + 1) + 1
+        return 1, i + 2
+    if char == "x":
+        if p[i + 1] == "{":
+            return 1, p.index("}", i + 1) + 1
+        return 1, i + 3
+    if char.isdigit() and char != "0":
+        raise ValueError("backreference")  # RE2 has none; do not guess
+    if char == "0":  # octal \0oo
+        j = i + 1
+        while j < len(p) and j < i + 3 and p[j] in "01234567":
+            j += 1
+        return 1, j
+    return 1, i + 1  # \d \w \s \n \. and the like: one character (\C: one byte)
+
+
+def result_of(name: str, verdict: Verdict) -> guardrails_pb2.GuardrailResult:
+    """A verdict as the contract's GuardrailResult (what runs record and the
+    guardrails service answers)."""
+    result = guardrails_pb2.GuardrailResult(
+        name=name, tripwire_triggered=verdict.tripwire_triggered, message=verdict.message
+    )
+    json_format.ParseDict(verdict.info, result.info)
+    return result

@@ -25,6 +25,10 @@ What it answers, in order of precedence:
       no user text). When the request asks for JSON-schema structured output, that text is put
       into a placeholder JSON document built from the schema instead.
 
+``/v1/embeddings`` answers every input with a deterministic vector of ``embedding_dimensions``
+numbers: the input's words hashed into buckets, normalized. Texts sharing words are near,
+others far; nothing is understood.
+
 Usage counts one token per whitespace-separated word: prompt tokens over all message texts,
 completion tokens over the reply text and each tool call's name and JSON arguments.
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -281,6 +286,16 @@ def _argument_pieces(arguments: str, size: int = 8) -> list[str]:
     return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
 
 
+def _hashed_vector(text: str, dimensions: int) -> list[float]:
+    """Each word adds +-1 to a bucket picked by its hash: a stable bag-of-words vector."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest())
+        vector[digest % dimensions] += 1.0 if digest >> 63 else -1.0
+    norm = sum(value * value for value in vector) ** 0.5 or 1.0
+    return [value / norm for value in vector]
+
+
 def _error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return web.json_response(body, status=status)
@@ -328,8 +343,10 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         delay_s: float = 0.0,
+        embedding_dimensions: int = 64,
     ) -> None:
         self.script: list[Reply] = list(script)
+        self.embedding_dimensions = embedding_dimensions
         self.api_key = api_key
         self.models = list(models)
         self.host = host
@@ -419,6 +436,7 @@ class ModelServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -426,6 +444,33 @@ class ModelServer:
             {"id": m, "object": "model", "created": 0, "owned_by": "stand-in"} for m in self.models
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body: JSON = request[_BODY]
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return _error(
+                400, "input must be a string or a list of strings", "invalid_request_error"
+            )
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _hashed_vector(t, self.embedding_dimensions),
+            }
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(_count_tokens(t) for t in texts)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model") or DEFAULT_MODEL,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _next_reply(self, prompt: _Prompt) -> tuple[Reply, list[_Call]]:
         reply = self.script.pop(0) if self.script else _default_reply(prompt)

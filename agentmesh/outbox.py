@@ -36,9 +36,10 @@ from agentmesh.ids import utc_now
 log = logging.getLogger("agentmesh.outbox")
 
 
-def outbox_table(metadata: MetaData) -> Table:
+def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
+    """The outbox's table; services that may share one database name theirs apart."""
     return Table(
-        "outbox",
+        name,
         metadata,
         Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
         # The event message's full name, to decode the payload.

@@ -78,12 +78,22 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator):
         self._authenticator = authenticator
         self.audience: dict[str, int] = {}
+        # The wrapped handler of each method, made on its first call: a method's
+        # handler never changes once the server runs.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if (wrapped := self._wrapped.get(method)) is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         audience = self.audience.get(method, options_pb2.AUDIENCE_UNSPECIFIED)
         deserialize = _tolerant(handler.request_deserializer)
         serialize = handler.response_serializer

@@ -5,9 +5,16 @@ entry here: `agentmesh up`, `agentmesh serve NAME` and the tests all read this l
 """
 
 from agentmesh.mesh import ServicePlugin
-from services import providers, registry, runner
+from services import files, guardrails, providers, registry, runner, traces
 
-PLUGINS: tuple[ServicePlugin, ...] = (registry.plugin, providers.plugin, runner.plugin)
+PLUGINS: tuple[ServicePlugin, ...] = (
+    registry.plugin,
+    providers.plugin,
+    files.plugin,
+    runner.plugin,
+    guardrails.plugin,
+    traces.plugin,
+)
 
 
 def plugins_named(*names: str) -> tuple[ServicePlugin, ...]:

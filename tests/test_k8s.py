@@ -34,7 +34,7 @@ MAX_APPLIED_OBJECT_BYTES = 256 * 1024
 # The callers each service must accept, and only those (DESIGN.md section 1).
 CALLERS = {
     "registry": {"gateway", *SERVICES},  # every service checks API keys with it
-    "providers": {"gateway", "runner", "files"},
+    "providers": {"gateway", "runner", "files", "registry"},  # registry: web search checks
     "runner": {"gateway", "guardrails"},
     "guardrails": {"gateway", "runner"},
     "files": {"gateway", "runner"},

@@ -285,7 +285,9 @@ async def test_http_tools_post_their_arguments_and_failures_reach_the_model(tena
     assert outputs[2].startswith("error: moved failed")  # a redirect is never followed
 
 
-async def test_a_tool_kind_this_runner_cannot_run_fails_before_any_model_call(tenant):
+async def test_a_file_search_tool_on_a_missing_store_answers_not_found(tenant):
+    """file_search runs on the files service (tests/test_files_search_tool.py); a store
+    that is not there is the tool's answer to the model, not the run's end."""
     agent = await tenant.agent(
         "searcher",
         tools=[
@@ -295,9 +297,13 @@ async def test_a_tool_kind_this_runner_cannot_run_fails_before_any_model_call(te
             )
         ],
     )
-    error = await expect_rpc_error(tenant.run(agent.name), grpc.StatusCode.FAILED_PRECONDITION)
-    assert "'docs'" in error.details() and "file_search" in error.details()
-    assert tenant.model.requests == []
+    tenant.model.enqueue(
+        Reply(tool_calls=[ToolCall("docs", {"query": "refunds"})]), Reply(text="none found")
+    )
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_SUCCEEDED and run.final_output == "none found"
+    outputs = [m for m in tenant.model.requests[-1].body["messages"] if m["role"] == "tool"]
+    assert "vectorStores/v1 was not found" in outputs[-1]["content"]
 
 
 # ---- structured output, failures ------------------------------------------------------------

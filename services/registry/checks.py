@@ -9,13 +9,14 @@ what can be judged from the definition alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.protobuf import json_format, struct_pb2
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError
 
 from agentmesh.errors import InvalidArgument, quoted
 from agentmesh.gen.guardrails.v1 import guardrails_pb2
+from agentmesh.gen.providers.v1 import providers_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.names import ResourceName
 from agentmesh.outbound import BlockedDestination, check_url_literal
@@ -85,16 +86,68 @@ def agent_references(agent: registry_pb2.Agent, field: str = "agent") -> list[Vi
     return found
 
 
+class ProviderTypeNeeded(Exception):  # noqa: N818 - a request for data, not a failure
+    """The check needs the type of this provider (providers/x), which only the providers
+    service knows: the caller asks it and checks again with the answer."""
+
+    def __init__(self, provider: str):
+        super().__init__(provider)
+        self.provider = provider
+
+
+def hosted_tool_problems(
+    agent: registry_pb2.Agent,
+    provider_types: Mapping[str, int | None],
+    field: str = "agent",
+) -> list[Violation]:
+    """Hosted tools (web search) that the agent's provider cannot run.
+
+    They run on OpenAI's Responses API only, so the agent must name an OpenAI provider
+    in model_settings.provider. Not naming one is refused too: the user's default
+    provider and the system default are chosen at run time and may change after the
+    agent is saved (the embedded system default speaks Chat Completions), and a run
+    must never fail later on what its save accepted. `provider_types` maps provider
+    names to their ProviderType (None: no such provider of this user); a name not in
+    it raises ProviderTypeNeeded.
+    """
+    searches = [i for i, tool in enumerate(agent.tools) if tool.WhichOneof("kind") == "web_search"]
+    if not searches:
+        return []
+    provider = agent.model_settings.provider
+    if not provider:
+        reason = (
+            "web search runs only on OpenAI's Responses API: name an OpenAI provider in "
+            "model_settings.provider (the default provider is chosen at run time and may "
+            "not be OpenAI)"
+        )
+        return [(f"{field}.tools[{i}].web_search", reason) for i in searches]
+    if provider not in provider_types:
+        raise ProviderTypeNeeded(provider)
+    kind = provider_types[provider]
+    if kind is None:
+        return [(f"{field}.model_settings.provider", f"{quoted(provider)} not found")]
+    if kind == providers_pb2.PROVIDER_TYPE_OPENAI:
+        return []
+    type_name = providers_pb2.ProviderType.Name(kind).removeprefix("PROVIDER_TYPE_")
+    reason = (
+        f"web search runs only on OpenAI's Responses API, and {provider} is a {type_name} "
+        "provider: name an OpenAI provider in model_settings.provider, or remove the tool"
+    )
+    return [(f"{field}.tools[{i}].web_search", reason) for i in searches]
+
+
 def check_agent_definition(
     agent: registry_pb2.Agent,
     *,
     agent_id: str,
     outbound_allow: Iterable[str],
+    provider_types: Mapping[str, int | None],
     field: str = "agent",
 ) -> None:
-    """Raises InvalidArgument naming every problem in a definition buf.validate passed."""
+    """Raises InvalidArgument naming every problem in a definition buf.validate passed
+    (ProviderTypeNeeded first if the type of its provider must be looked up)."""
     allow = list(outbound_allow)
-    violations: list[Violation] = []
+    violations: list[Violation] = hosted_tool_problems(agent, provider_types, field)
     if agent.HasField("output_type") and (problem := schema_problem(agent.output_type)):
         violations.append((f"{field}.output_type", problem))
     tool_names: set[str] = set()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agentmesh.config import write_private_file
 from agentmesh.mesh import MeshContext, MeshService
+from services.registry.provider_types import ProviderTypes
 from services.registry.servicer import AccountServicer, RegistryServicer, WorkflowServicer
 from services.registry.store import RegistryStore
 
@@ -19,7 +20,13 @@ log = logging.getLogger("agentmesh.registry")
 class Registry(MeshService):
     def __init__(self, context: MeshContext, store: RegistryStore):
         super().__init__(
-            RegistryServicer(store, context.events, context.pages, context.settings.outbound_allow),
+            RegistryServicer(
+                store,
+                context.events,
+                context.pages,
+                context.settings.outbound_allow,
+                ProviderTypes(context.peer("providers")),
+            ),
             WorkflowServicer(store, context.events, context.pages),
             AccountServicer(store, context.authenticator, context.events, context.pages),
         )

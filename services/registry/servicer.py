@@ -35,7 +35,12 @@ from agentmesh.names import ResourceName
 from agentmesh.paging import Pages
 from services.registry import records
 from services.registry.api_keys import hash_key
-from services.registry.checks import agent_references, check_agent_definition
+from services.registry.checks import (
+    ProviderTypeNeeded,
+    agent_references,
+    check_agent_definition,
+)
+from services.registry.provider_types import ProviderTypes
 from services.registry.store import RegistryStore
 from services.registry.workflows import check_workflow_definition, workflow_agents
 
@@ -134,8 +139,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         events: EventBus,
         pages: Pages,
         outbound_allow: Sequence[str] = (),
+        provider_types: ProviderTypes | None = None,
     ):
         self._agents = store.agents
+        # None: no providers service to ask; agents naming one for web search are refused.
+        self._provider_types = provider_types
         self._pages = pages
         self._contexts = store.contexts
         self._events = events
@@ -146,9 +154,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Agent:
         user = current_user()
         agent_id = request.agent_id or new_id()
-        check_agent_definition(
-            request.agent, agent_id=agent_id, outbound_allow=self._outbound_allow
-        )
+        types: dict[str, int | None] = {}
+        while True:  # at most once more, with its provider's type
+            try:
+                check_agent_definition(
+                    request.agent,
+                    agent_id=agent_id,
+                    outbound_allow=self._outbound_allow,
+                    provider_types=types,
+                )
+                break
+            except ProviderTypeNeeded as needed:
+                types[needed.provider] = await self._provider_type(needed.provider)
         now = utc_now()
         agent = records.Agent(
             id=agent_id,
@@ -349,6 +366,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         revision, checked like a new agent; the store runs it under a lock on the
         agent, so `change` always sees the agent as it is."""
         references: list[tuple[str, str]] = []
+        # Provider types the checks asked for: looked up outside the agent's lock, and
+        # the change made again with them.
+        types: dict[str, int | None] = {}
 
         def revise(current: records.Agent) -> tuple[records.Agent, set[str]] | None:
             changed = change(current)
@@ -356,7 +376,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 return None
             validate(changed, prefix="agent.")
             check_agent_definition(
-                changed, agent_id=current.id, outbound_allow=self._outbound_allow
+                changed,
+                agent_id=current.id,
+                outbound_allow=self._outbound_allow,
+                provider_types=types,
             )
             references[:] = agent_references(changed)
             revision = records.Agent(
@@ -371,13 +394,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
             return revision, {agent_id for _, agent_id in references}
 
-        try:
-            agent, changed = await self._agents.change_agent(user_id, agent_id, revise)
-        except records.AgentsNotFound as missing:
-            raise _agents_not_found(references, missing.ids) from None
+        while True:
+            try:
+                agent, changed = await self._agents.change_agent(user_id, agent_id, revise)
+                break
+            except ProviderTypeNeeded as needed:
+                types[needed.provider] = await self._provider_type(needed.provider)
+            except records.AgentsNotFound as missing:
+                raise _agents_not_found(references, missing.ids) from None
         if changed:
             await self._publish_change(agent, common_pb2.CHANGE_KIND_UPDATED)
         return agent
+
+    async def _provider_type(self, provider: str) -> int | None:
+        if self._provider_types is None:
+            return None
+        return await self._provider_types.type_of(provider)
 
     async def _publish_change(self, agent: records.Agent, kind: common_pb2.ChangeKind) -> None:
         await self._events.publish(

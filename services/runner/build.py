@@ -24,8 +24,10 @@ from agents import (
     InputGuardrail,
     ModelBehaviorError,
     ModelSettings,
+    OpenAIResponsesModel,
     OutputGuardrail,
     RunContextWrapper,
+    Tool,
     handoff,
 )
 from agents.exceptions import UserError
@@ -35,12 +37,15 @@ from google.protobuf import json_format
 from agentmesh.errors import FailedPrecondition
 from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
-from agentmesh.guardrail_checks import evaluate, is_local, schema_validator
+from agentmesh.guardrail_checks import schema_validator
 from agentmesh.names import ResourceName
 from agentmesh.outbound import OutboundError, OutboundPolicy, post_json
 from agentmesh.sandbox import SandboxError, run_code, sandbox_available
 from agentmesh.templates import TemplateError, render
+from services.runner.file_search import FileSearch
+from services.runner.guarding import INPUT, OUTPUT, Guarding, RunGuards
 from services.runner.models import Models
+from services.runner.tools import RunTools, computer_problem, web_search_tool
 
 AGENT = ResourceName.of(registry_pb2.Agent)
 _DEFAULT_TOOL_SECONDS = 10.0
@@ -105,13 +110,21 @@ def unsupported_tools(graph: Mapping[str, registry_pb2.Agent]) -> list[str]:
                 if sandbox_available():
                     continue
                 kind = "code function, and the sandbox (bubblewrap) is not installed"
-            elif kind in ("function", "agent"):
+            elif kind == "computer":
+                if not sandbox_available():
+                    kind = "computer, and the sandbox (bubblewrap) is not installed"
+                elif problem := computer_problem(tool):
+                    kind = f"computer: {problem}"
+                else:
+                    continue
+            elif kind in ("function", "agent", "mcp", "web_search", "file_search"):
                 continue
             problems.append(f"{AGENT.format(agent_id)}: tool {tool.name!r} ({kind})")
         for side in (definition.input_guardrails, definition.output_guardrails):
             for guardrail in side:
-                if not is_local(guardrail):
-                    kind = f"{guardrail.WhichOneof('check')} guardrail"
+                # Decided here or by the guardrails service; code needs the sandbox.
+                if guardrail.WhichOneof("check") == "code" and not sandbox_available():
+                    kind = "code guardrail, and the sandbox (bubblewrap) is not installed"
                     problems.append(f"{AGENT.format(agent_id)}: {guardrail.name!r} ({kind})")
     return problems
 
@@ -126,13 +139,37 @@ def check_runnable(graph: Mapping[str, registry_pb2.Agent]) -> None:
 
 
 class AgentBuilder:
-    def __init__(self, models: Models, policy: OutboundPolicy):
+    def __init__(
+        self,
+        models: Models,
+        policy: OutboundPolicy,
+        guarding: Guarding | None = None,
+        file_search: FileSearch | None = None,
+    ):
         self._models = models
         self._policy = policy
+        # Without the guardrails service, only regex and builtin guardrails decide.
+        self._guarding = guarding or Guarding()
+        self._file_search = file_search
+
+    def guards(self, user: str, results: list[dict[str, Any]]) -> RunGuards:
+        """A run's guardrail decisions, each result added to `results` (its record)."""
+        return RunGuards(self._guarding, user, results)
+
+    def run_tools(self) -> RunTools:
+        """What a run leg's computer and MCP tools hold; the caller closes it."""
+        return RunTools(self._policy)
 
     async def build(
-        self, user: str, graph: Mapping[str, registry_pb2.Agent], starting_id: str
+        self,
+        user: str,
+        graph: Mapping[str, registry_pb2.Agent],
+        starting_id: str,
+        tools: RunTools | None = None,
+        guards: RunGuards | None = None,
     ) -> Agent:
+        """The starting agent of the graph. Computer and MCP tools need `tools` (their
+        workspace and connections live there, for the caller to close)."""
         check_runnable(graph)
         agents = {
             agent_id: Agent(
@@ -154,13 +191,46 @@ class AgentBuilder:
         for agent_id, definition in graph.items():
             agent = agents[agent_id]
             agent.handoffs = [handoff(agents[AGENT.id(target)]) for target in definition.handoffs]
-            agent.tools = [self._tool(tool, agents) for tool in definition.tools]
-            agent.input_guardrails = [_input_guardrail(g) for g in definition.input_guardrails]
-            agent.output_guardrails = [_output_guardrail(g) for g in definition.output_guardrails]
+            agent.tools = [
+                self._tool(tool, agents, tools, user)
+                for tool in definition.tools
+                if tool.WhichOneof("kind") != "mcp"
+            ]
+            agent.mcp_servers = [
+                await _held(tools).mcp_server(tool)
+                for tool in definition.tools
+                if tool.WhichOneof("kind") == "mcp"
+            ]
+            _check_hosted_tools(agent_id, definition, agent)
+            # `guards` records each result on the run; without it, nothing is kept.
+            run_guards = guards or RunGuards(Guarding(), user)
+            agent.input_guardrails = [
+                _input_guardrail(g, run_guards) for g in definition.input_guardrails
+            ]
+            agent.output_guardrails = [
+                _output_guardrail(g, run_guards) for g in definition.output_guardrails
+            ]
         return agents[starting_id]
 
-    def _tool(self, tool: registry_pb2.Tool, agents: Mapping[str, Agent]) -> FunctionTool:
-        if tool.WhichOneof("kind") == "agent":
+    def _tool(
+        self,
+        tool: registry_pb2.Tool,
+        agents: Mapping[str, Agent],
+        tools: RunTools | None,
+        user: str = "",
+    ) -> Tool:
+        kind = tool.WhichOneof("kind")
+        if kind == "computer":
+            return _held(tools).computer(tool)
+        if kind == "file_search":
+            if self._file_search is None:
+                raise FailedPrecondition(
+                    "this runner has no files service for file_search", reason="UNSUPPORTED_TOOL"
+                )
+            return self._file_search.tool(tool, user)
+        if kind == "web_search":
+            return web_search_tool(tool.web_search)
+        if kind == "agent":
             return agents[AGENT.id(tool.agent.agent)].as_tool(
                 tool_name=tool.name,
                 tool_description=tool.description
@@ -218,6 +288,31 @@ class AgentBuilder:
         return call_endpoint
 
 
+def _held(tools: RunTools | None) -> RunTools:
+    if tools is None:
+        raise FailedPrecondition(
+            "computer and MCP tools run only inside a run that holds their workspace and "
+            "connections",
+            reason="UNSUPPORTED_TOOL",
+        )
+    return tools
+
+
+def _check_hosted_tools(agent_id: str, definition: registry_pb2.Agent, agent: Agent) -> None:
+    """Hosted tools run on OpenAI's Responses API only. The registry refuses to save
+    them for any other provider; an agent saved before that rule fails here, before
+    any model is called."""
+    for tool in definition.tools:
+        if tool.WhichOneof("kind") == "web_search" and not isinstance(
+            agent.model, OpenAIResponsesModel
+        ):
+            raise FailedPrecondition(
+                f"{AGENT.format(agent_id)}: tool {tool.name!r} (web search) runs only on an "
+                "OpenAI provider (the Responses API); name one in model_settings.provider",
+                reason="UNSUPPORTED_TOOL",
+            )
+
+
 def _arguments(text: str) -> dict[str, Any]:
     """A tool call's arguments; ValueError (json's own included) when not a JSON object."""
     value = json.loads(text or "{}")
@@ -263,28 +358,16 @@ def _text_of(value: Any) -> str:
     return json.dumps(value)
 
 
-def _verdict(guardrail: guardrails_pb2.Guardrail, text: str) -> GuardrailFunctionOutput:
-    verdict = evaluate(guardrail, text)
-    return GuardrailFunctionOutput(
-        output_info={
-            "name": guardrail.name,
-            "message": guardrail.override_message,
-            "reason": verdict.message,
-        },
-        tripwire_triggered=verdict.tripwire_triggered,
-    )
-
-
-def _input_guardrail(guardrail: guardrails_pb2.Guardrail) -> InputGuardrail:
-    async def check(_: Any, __: Agent, value: Any) -> GuardrailFunctionOutput:
-        return _verdict(guardrail, _text_of(value))
+def _input_guardrail(guardrail: guardrails_pb2.Guardrail, guards: RunGuards) -> InputGuardrail:
+    async def check(_: Any, agent: Agent, value: Any) -> GuardrailFunctionOutput:
+        return await guards.decide(agent.name, guardrail, _text_of(value), INPUT)
 
     # Decided before the model is called: a tripped input must not be billed.
     return InputGuardrail(guardrail_function=check, name=guardrail.name, run_in_parallel=False)
 
 
-def _output_guardrail(guardrail: guardrails_pb2.Guardrail) -> OutputGuardrail:
-    async def check(_: Any, __: Agent, value: Any) -> GuardrailFunctionOutput:
-        return _verdict(guardrail, _text_of(value))
+def _output_guardrail(guardrail: guardrails_pb2.Guardrail, guards: RunGuards) -> OutputGuardrail:
+    async def check(_: Any, agent: Agent, value: Any) -> GuardrailFunctionOutput:
+        return await guards.decide(agent.name, guardrail, _text_of(value), OUTPUT)
 
     return OutputGuardrail(guardrail_function=check, name=guardrail.name)

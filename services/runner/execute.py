@@ -42,6 +42,7 @@ from google.rpc import status_pb2
 from agentmesh.api import timestamp
 from agentmesh.errors import FailedPrecondition, ServiceError, Unavailable, internal_status
 from agentmesh.gen.common.v1 import common_pb2
+from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.runner.v1 import events_pb2, runner_pb2
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
@@ -51,8 +52,10 @@ from services.runner.compact import Compactor
 from services.runner.credits import Credits, Hold, cost
 from services.runner.definitions import AgentDefinitions
 from services.runner.event_log import EventWriter, Execution
+from services.runner.guarding import OutputGate, Tripped
 from services.runner.session import ConversationSession
 from services.runner.store import RunLost, RunnerStore
+from services.runner.tracing import trace_metadata
 
 log = logging.getLogger("agentmesh.runner")
 
@@ -98,6 +101,11 @@ def run_proto(run: records.Run) -> runner_pb2.Run:
         create_time=timestamp(run.create_time),
         agent_revision=run.agent_revision,
         max_credits=run.max_credits,
+        guardrail_results=[
+            json_format.ParseDict(result, guardrails_pb2.GuardrailResult())
+            for result in run.guardrail_results
+        ],
+        workflow_run=f"workflowRuns/{run.workflow_run_id}" if run.workflow_run_id else "",
     )
     if run.structured_output is not None:
         json_format.ParseDict(run.structured_output, message.structured_output)
@@ -186,15 +194,26 @@ class Resume:
 
 
 class _Deltas:
-    """Coalesces text deltas: a client gets words, not one message per token."""
+    """Coalesces text deltas: a client gets words, not one message per token.
+
+    Text passes the run's output gate first (guarding.py): what could still trip an
+    output guardrail is held back until it cannot, and text that trips is never
+    sent. Message items of agents whose text is held to the end wait with it.
+    """
 
     def __init__(self, execution: Execution):
         self._execution = execution
         self._agent = ""
         self._text: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.gate: OutputGate | None = None
+        self.held_items: list[runner_pb2.RunItem] = []
 
     def add(self, agent: str, delta: str) -> None:
+        if self.gate is not None:
+            delta = self.gate.feed(agent, delta)  # raises Tripped
+            if not delta:
+                return
         if agent != self._agent:
             self.flush()
             self._agent = agent
@@ -213,6 +232,32 @@ class _Deltas:
             self._execution.emit(
                 text_delta=runner_pb2.RunEvent.TextDelta(agent=f"agents/{self._agent}", delta=text)
             )
+
+    def end_message(self) -> None:
+        """The text so far is a whole message: what the gate held back of it goes out
+        if it passes (raises Tripped if not)."""
+        if self.gate is not None and (rest := self.gate.end_message()):
+            self._text.append(rest)
+        self.flush()
+
+    def end_run(self) -> None:
+        """The run's output passed its guardrails: what waited for that goes out."""
+        self.end_message()
+        if self.gate is not None and (held := self.gate.end_run()):
+            self._text.append(held)
+        self.flush()
+        for item in self.held_items:
+            self._execution.run.items.append(json_format.MessageToDict(item))
+            self._execution.emit(item=item)
+        self.held_items = []
+
+    def blocked(self, agent: str, override: str) -> None:
+        """The run was blocked: what was held is dropped, and the override is sent."""
+        self.gate, self.held_items = None, []
+        self.flush()
+        self._agent = agent
+        self._text.append(override)
+        self.flush()
 
 
 class _Metering(RunHooks[Any]):
@@ -282,6 +327,7 @@ class Executor:
         owner: str,
         compactor: Compactor | None = None,
         on_saved: Any = None,
+        tracing: bool = True,
     ):
         self.store = store
         self.credits = credits
@@ -291,6 +337,7 @@ class Executor:
         self._approval_ttl = approval_ttl
         self._compactor = compactor
         self._on_saved = on_saved or (lambda: None)
+        self._tracing = tracing  # off: the SDK builds no spans (benchmarks)
         self._writer = EventWriter(store)
         self.active: dict[str, Execution] = {}
         # Set whenever a run leaves: a replica at capacity waits for room.
@@ -358,11 +405,21 @@ class Executor:
         metering = _Metering(execution, self, hold)
         deltas = _Deltas(execution)
         result = None
+        # The leg's computer workspace and MCP connections, closed in this task.
+        tools = self._builder.run_tools()
         try:
             graph = await self._definitions.graph(
                 f"users/{run.user_id}", run.agent_id, run.revisions
             )
-            starting = await self._builder.build(f"users/{run.user_id}", graph, run.agent_id)
+            starting = await self._builder.build(
+                f"users/{run.user_id}",
+                graph,
+                run.agent_id,
+                tools,
+                guards=self._builder.guards(f"users/{run.user_id}", run.guardrail_results),
+            )
+            gate = OutputGate(graph)
+            deltas.gate = gate if gate.active else None
             source: Any = run.input
             context = start.context if isinstance(start, Start) else None
             compact = None
@@ -384,16 +441,20 @@ class Executor:
                     workflow_name=f"agents/{run.agent_id}",
                     trace_id=run.trace_id,
                     group_id=run.conversation_id,
+                    # Routes the spans to this replica's sink, filed under the user's run.
+                    trace_metadata=trace_metadata(self.owner, run),
+                    tracing_disabled=not self._tracing,
                 ),
                 context=context,
             )
             async for event in result.stream_events():
                 self._translate(execution, deltas, event)
-            deltas.flush()
             run.last_agent_id = result.last_agent.name
             if result.interruptions:
+                deltas.end_message()  # what waits for the final output waits on
                 await self._pause(execution, result, metering, hold)
                 return
+            deltas.end_run()  # the output guardrails passed
             self._succeed(run, result.final_output)
         except asyncio.CancelledError:
             if result is not None:
@@ -417,6 +478,15 @@ class Executor:
             run.final_output = info.get("message") or (
                 f"blocked by the guardrail {info.get('name', '')!r}"
             )
+            deltas.blocked(run.last_agent_id or run.agent_id, run.final_output)
+        except Tripped as tripped:  # streamed text tripped an output guardrail; none of it went
+            if result is not None:
+                tripped.trace(result.trace, run.last_agent_id or run.agent_id)
+                result.cancel()
+            run.state = State.STATE_BLOCKED
+            run.final_output = tripped.override
+            run.guardrail_results.append(json_format.MessageToDict(tripped.result))
+            deltas.blocked(run.last_agent_id or run.agent_id, run.final_output)
         except BaseException as error:  # noqa: BLE001 - every failure ends the run with a status
             if execution.lost:  # the SDK wrapped our cancel or our RunLost
                 await self._let_go(execution, hold)
@@ -425,6 +495,7 @@ class Executor:
             run.error = failure(error).SerializeToString()
         finally:
             deltas.flush()
+            await tools.aclose()
         await self._end(execution, result, metering, hold)
 
     def _succeed(self, run: records.Run, output: Any) -> None:
@@ -440,12 +511,16 @@ class Executor:
             if getattr(event.data, "type", "") == "response.output_text.delta":
                 deltas.add(execution.run.last_agent_id or execution.run.agent_id, event.data.delta)
             return
-        deltas.flush()
+        deltas.end_message()
         if event.type == "agent_updated_stream_event":
             execution.run.last_agent_id = event.new_agent.name
             execution.emit(agent_updated=f"agents/{event.new_agent.name}")
             return
         item = _run_item(event)
+        if item is not None and item.type == runner_pb2.RunItem.TYPE_MESSAGE:
+            if deltas.gate is not None and deltas.gate.holds(event.item.agent.name):
+                deltas.held_items.append(item)  # its text is held to the end too
+                return
         if item is not None:
             execution.run.items.append(json_format.MessageToDict(item))
             execution.emit(item=item)
@@ -555,6 +630,7 @@ def changed_event(run: records.Run) -> events_pb2.RunChanged:
         agent=f"agents/{run.agent_id}",
         state=State.ValueType(run.state),
         time=timestamp(utc_now()),
+        workflow_run=f"workflowRuns/{run.workflow_run_id}" if run.workflow_run_id else "",
     )
 
 

@@ -79,6 +79,12 @@ class Models:
             )
         return self._clients[key]
 
+    def api_keys(self, user: str) -> list[str]:
+        """The keys of `user`'s providers this runner holds, for the span redactor
+        (services/runner/tracing.py) to mask wherever they appear. Thread-safe: it
+        reads a copy."""
+        return [c.api_key for (u, _), c in list(self._credentials.items()) if u == user]
+
     def forget(self, event: events_pb2.ProviderChanged) -> None:
         """A provider changed: its credentials are read again, and the user's default too."""
         for key in [k for k in self._credentials if k[0] == event.user]:

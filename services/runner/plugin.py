@@ -10,8 +10,6 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from agents import set_trace_processors
-
 from agentmesh.api import timestamp
 from agentmesh.gen.providers.v1 import events_pb2 as provider_events
 from agentmesh.gen.registry.v1 import events_pb2 as registry_events
@@ -26,10 +24,15 @@ from services.runner.credits import Credits, Price
 from services.runner.definitions import AgentDefinitions
 from services.runner.dispatch import Dispatcher, Timing
 from services.runner.execute import Executor
+from services.runner.file_search import FileSearch
+from services.runner.guarding import Guarding
 from services.runner.models import Models
 from services.runner.queue import RunQueue, ensure_queue
 from services.runner.servicer import RunnerServicer
 from services.runner.store import OUTBOX, RunnerStore
+from services.runner.tracing import ROUTER, Redactor, SpanSink, install_tracing
+from services.runner.workflows import WorkflowEngine
+from services.traces.stream import ensure_span_stream
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("agentmesh.runner")
@@ -45,14 +48,18 @@ class RunnerService(MeshService):
         models: Models,
         relay: OutboxRelay,
         background: list[asyncio.Task],
+        spans: SpanSink,
+        workflows: WorkflowEngine | None = None,
     ):
         super().__init__(servicer)
+        self._workflows = workflows
         self._queue = queue
         self._dispatcher = dispatcher
         self._executor = executor
         self._models = models
         self._relay = relay
         self._background = background
+        self._spans = spans
 
     async def stop(self) -> None:
         self._executor.stopping = True  # what breaks now is the stop's doing
@@ -62,9 +69,14 @@ class RunnerService(MeshService):
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._workflows is not None:  # handed on from their last saved step
+            await self._workflows.stop()
         await self._dispatcher.stop()
         await self._executor.stop()
         await self._relay.stop()
+        # After the runs: their last spans go out before the connection closes.
+        ROUTER.unregister(self._executor.owner)
+        await self._spans.close()
         await self._models.close()
 
 
@@ -82,8 +94,9 @@ def queued_event(run_id: str, user_id: str) -> runner_events.RunQueued:
 async def create(context: MeshContext) -> RunnerService:
     assert context.database is not None
     settings = context.settings
-    # The SDK's default exporter would send every span, and the API key, to OpenAI.
-    set_trace_processors([])
+    # The SDK's default exporter would send every span, and the API key, to OpenAI:
+    # spans go to NATS instead, through this replica's sink (services/runner/tracing.py).
+    install_tracing()
     store = RunnerStore(context.database, queued_event)
     definitions = AgentDefinitions(context.peer("registry"))
     models = Models(context.peer("providers"), settings.outbound_allow, settings.default_model)
@@ -91,6 +104,7 @@ async def create(context: MeshContext) -> RunnerService:
     credits = Credits(context.peer("registry"), prices, settings.run_credit_chunk)
     # Before the relay first publishes to it: the queue's stream is a work queue.
     await ensure_queue(context.events)
+    await ensure_span_stream(context.events)
     relay = OutboxRelay(
         "runner",
         context.database,
@@ -103,13 +117,21 @@ async def create(context: MeshContext) -> RunnerService:
     executor = Executor(
         store,
         definitions,
-        AgentBuilder(models, OutboundPolicy(settings.outbound_allow)),
+        AgentBuilder(
+            models,
+            OutboundPolicy(settings.outbound_allow),
+            Guarding(context.peer("guardrails")),
+            FileSearch(context.peer("files")),
+        ),
         credits,
         timedelta(seconds=settings.approval_ttl_seconds),
         owner=replica_id(),
         compactor=Compactor(store, settings.conversation_token_budget),
         on_saved=relay.notify,
+        tracing=settings.trace_runs,
     )
+    spans = SpanSink(context.events, Redactor(models.api_keys), settings.trace_flush_seconds)
+    ROUTER.register(executor.owner, spans)
     executor.start()
     dispatcher = Dispatcher(
         store,
@@ -119,20 +141,41 @@ async def create(context: MeshContext) -> RunnerService:
         Timing(lease, settings.run_watch_poll_seconds, settings.run_cancel_wait_seconds),
         on_saved=relay.notify,
     )
-    servicer = RunnerServicer(store, definitions, dispatcher, executor, context.pages)
+    workflows = WorkflowEngine(
+        store,
+        context.peer("registry"),
+        definitions,
+        dispatcher,
+        executor,
+        Timing(lease, settings.run_watch_poll_seconds, settings.run_cancel_wait_seconds),
+        on_saved=relay.notify,
+    )
+    servicer = RunnerServicer(
+        store, definitions, dispatcher, executor, context.pages, workflows=workflows
+    )
     await context.events.subscribe(registry_events.AgentChanged, _forget(definitions.forget))
     await context.events.subscribe(provider_events.ProviderChanged, _forget(models.forget))
     await context.events.subscribe(runner_events.RunCancelRequested, dispatcher.on_cancel_requested)
-    queue = RunQueue(context.events, executor, dispatcher.claim, settings.runner_max_runs)
+    queue = RunQueue(
+        context.events,
+        executor,
+        dispatcher.claim,
+        settings.runner_max_runs,
+        claim_workflow=workflows.claim,
+    )
     await queue.start()
     background = [
         _every(settings.run_lease_renew_seconds, "renewing leases", _renewal(dispatcher, lease)),
         _every(settings.run_lease_sweep_seconds, "sweeping runs", dispatcher.sweep),
         _every(settings.approval_sweep_seconds, "sweeping approvals", dispatcher.expire_approvals),
         _every(settings.retention_sweep_seconds, "applying retention", _retention(store, settings)),
+        _every(settings.run_lease_renew_seconds, "workflow leases", workflows.renew_leases),
+        _every(settings.run_lease_sweep_seconds, "sweeping workflow runs", workflows.sweep),
     ]
     log.info("runner replica %s", executor.owner)
-    return RunnerService(servicer, queue, dispatcher, executor, models, relay, background)
+    return RunnerService(
+        servicer, queue, dispatcher, executor, models, relay, background, spans, workflows
+    )
 
 
 def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> asyncio.Task:

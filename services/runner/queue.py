@@ -39,6 +39,7 @@ ACK_WAIT_SECONDS = 30.0
 _RETRY_SECONDS = 2.0
 _FETCH_SECONDS = 1.0
 _FETCH_MAX = 16
+_WORKFLOW_RUNS = "workflowRuns/"
 
 
 async def ensure_queue(events: EventBus) -> None:
@@ -69,10 +70,14 @@ class RunQueue:
         executor: Executor,
         claim: Callable[[str], Awaitable[bool]],
         capacity: int,
+        claim_workflow: Callable[[str], Awaitable[bool]] | None = None,
     ):
         self._events = events
         self._executor = executor
         self._claim = claim
+        # Workflow runs (SubmitWorkflow) share the queue: their messages name
+        # workflowRuns/{id} (services/runner/workflows.py).
+        self._claim_workflow = claim_workflow
         self._capacity = capacity
         self._task: asyncio.Task | None = None
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -123,15 +128,20 @@ class RunQueue:
 
     async def _handle(self, message: Msg) -> None:
         try:
-            run_id = RUN.id(events_pb2.RunQueued.FromString(message.data).run)
+            name = events_pb2.RunQueued.FromString(message.data).run
+            claim = self._claim
+            if name.startswith(_WORKFLOW_RUNS) and self._claim_workflow is not None:
+                claim, run_id = self._claim_workflow, name.removeprefix(_WORKFLOW_RUNS)
+            else:
+                run_id = RUN.id(name)
         except Exception:  # noqa: BLE001 - a message no runner can read is dropped
             log.error("dropping an unreadable run queue message")
             await message.term()
             return
         try:
-            await self._claim(run_id)
+            await claim(run_id)
         except Exception:  # noqa: BLE001 - another replica, or this one, tries again
-            log.warning("claiming runs/%s failed; it is retried", run_id, exc_info=True)
+            log.warning("claiming %s failed; it is retried", name, exc_info=True)
             await message.nak(delay=_RETRY_SECONDS)
             return
         await message.ack()

@@ -85,6 +85,10 @@ class Run:
     attempts: int = 0
     # Its open credit reservations (reservations/{id}), released if its runner is lost.
     reservations: list[str] = field(default_factory=list)
+    # Every guardrail result of the run, in the order decided (GuardrailResult as JSON).
+    guardrail_results: list[dict[str, Any]] = field(default_factory=list)
+    # The workflow run this run is a step of (its id), if any.
+    workflow_run_id: str = ""
 
     @property
     def agent_revision(self) -> str:

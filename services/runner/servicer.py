@@ -12,7 +12,7 @@ from google.protobuf import empty_pb2, json_format
 
 from agentmesh.api import timestamp
 from agentmesh.auth import current_user
-from agentmesh.errors import FailedPrecondition
+from agentmesh.errors import FailedPrecondition, Unimplemented
 from agentmesh.gen.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
@@ -31,6 +31,7 @@ from services.runner.execute import (
     run_proto,
 )
 from services.runner.store import RunnerStore
+from services.runner.workflows import WORKFLOW_RUN, WorkflowEngine, workflow_run_proto
 
 log = logging.getLogger("agentmesh.runner")
 Approval = runner_pb2.Approval
@@ -92,8 +93,10 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         dispatcher: Dispatcher,
         executor: Executor,
         pages: Pages,
+        workflows: WorkflowEngine | None = None,
     ):
         self._store = store
+        self._workflows = workflows
         self._pages = pages
         self._definitions = definitions
         self._dispatcher = dispatcher
@@ -258,6 +261,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
                 reason="APPROVAL_DECIDED",
             )
         await self._dispatcher.resume_if_decided(user.user_id, run_id)
+        if self._workflows is not None:  # a step's run: its workflow run goes on with it
+            await self._workflows.resume_after(run_id)
         return approval_proto(await self._store.get_approval(user.user_id, run_id, approval_id))
 
     # ---- conversations ------------------------------------------------------------
@@ -305,3 +310,73 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             items=[_item_proto(item) for item in page.items],
             next_page_token=cursor.next_token(page.last_seq),
         )
+
+    # ---- workflow runs (services/runner/workflows.py) -------------------------------
+
+    def _engine(self) -> WorkflowEngine:
+        if self._workflows is None:
+            raise Unimplemented("this runner runs no workflows")
+        return self._workflows
+
+    async def RunWorkflow(
+        self, request: runner_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.WorkflowRun:
+        user_id = current_user().user_id
+        run = await self._engine().start(user_id, request, queued=False)
+        try:
+            return workflow_run_proto(await self._engine().wait(run))
+        except asyncio.CancelledError:
+            self._engine().hung_up(run.id, user_id)
+            raise
+
+    async def StreamWorkflow(
+        self, request: runner_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runner_pb2.WorkflowEvent]:
+        user_id = current_user().user_id
+        run = await self._engine().start(user_id, request, queued=False)
+        try:
+            async for event in self._engine().follow(run, 0):
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            self._engine().hung_up(run.id, user_id)
+            raise
+
+    async def SubmitWorkflow(
+        self, request: runner_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.WorkflowRun:
+        run = await self._engine().start(current_user().user_id, request, queued=True)
+        return workflow_run_proto(run)
+
+    async def GetWorkflowRun(
+        self, request: runner_pb2.GetWorkflowRunRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.WorkflowRun:
+        run = await self._engine().get(current_user().user_id, WORKFLOW_RUN.id(request.name))
+        return workflow_run_proto(run)
+
+    async def ListWorkflowRuns(
+        self, request: runner_pb2.ListWorkflowRunsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListWorkflowRunsResponse:
+        cursor = self._pages.open(request)
+        page = await self._engine().list(
+            current_user().user_id,
+            request.workflow.removeprefix("workflows/"),
+            cursor.after,
+            cursor.size,
+        )
+        return runner_pb2.ListWorkflowRunsResponse(
+            workflow_runs=[workflow_run_proto(run) for run in page.items],
+            next_page_token=cursor.next_token(page.last_seq),
+        )
+
+    async def CancelWorkflowRun(
+        self, request: runner_pb2.CancelWorkflowRunRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.WorkflowRun:
+        run = await self._engine().cancel(current_user().user_id, WORKFLOW_RUN.id(request.name))
+        return workflow_run_proto(run)
+
+    async def WatchWorkflowRun(
+        self, request: runner_pb2.WatchWorkflowRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runner_pb2.WorkflowEvent]:
+        run = await self._engine().get(current_user().user_id, WORKFLOW_RUN.id(request.name))
+        async for event in self._engine().follow(run, request.after_sequence):
+            yield event

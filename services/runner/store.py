@@ -103,6 +103,10 @@ class RunRow(Base):
     checkpoint_item_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     reservations: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
+    # GuardrailResults as JSON, in the order they were decided.
+    guardrail_results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, server_default="[]")
+    # The workflow run (its id) this run is a step of, if any.
+    workflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class RunEventRow(Base):
@@ -192,6 +196,8 @@ def _run(row: Any) -> records.Run:
         checkpoint_item_seq=row.checkpoint_item_seq,
         attempts=row.attempts,
         reservations=list(row.reservations or []),
+        guardrail_results=list(row.guardrail_results or []),
+        workflow_run_id=row.workflow_run_id or "",
     )
 
 
@@ -230,6 +236,7 @@ def _run_values(run: records.Run) -> dict[str, Any]:
         "waiting": run.waiting,
         "lease_expire_time": run.lease_expire_time,
         "reservations": run.reservations,
+        "guardrail_results": run.guardrail_results,
     }
 
 
@@ -254,6 +261,7 @@ def _new_run_values(run: records.Run) -> dict[str, Any]:
         "replayable": run.replayable,
         "attempts": run.attempts,
         "checkpoint_item_seq": _last_item_seq(run.conversation_id),
+        "workflow_run_id": run.workflow_run_id or None,
     }
 
 
