@@ -33,6 +33,7 @@ from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, events_pb2
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.paging import Pages
 from agentmesh.server import GrpcServer
+from agentmesh.telemetry import add_traceparent, traced_calls
 
 log = logging.getLogger("agentmesh")
 
@@ -66,6 +67,7 @@ def _service_credentials(service_token: str) -> Callable[[grpc.aio.Metadata], No
         principal = current_principal_or_none()
         if principal is not None and principal.user and USER_HEADER not in metadata:
             metadata.add(USER_HEADER, principal.user)
+        add_traceparent(metadata)
 
     return add
 
@@ -190,7 +192,11 @@ class Mesh:
             target = own if served else self.settings.peers.get(service) or own
             self._channels[service] = grpc.aio.insecure_channel(
                 target,
-                interceptors=metadata_interceptors(_service_credentials(self._service_token)),
+                # First: a traced run's unary call becomes a span, which the headers name.
+                interceptors=[
+                    *traced_calls(),
+                    *metadata_interceptors(_service_credentials(self._service_token)),
+                ],
             )
         return self._channels[service]
 

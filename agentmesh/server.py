@@ -35,6 +35,7 @@ from agentmesh.errors import (
     internal_status,
 )
 from agentmesh.gen.common.v1 import options_pb2
+from agentmesh.telemetry import set_incoming_trace, trace_for_logs
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -120,6 +121,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(self, context, audience: int, request: Any, streamed: bool) -> Any:
         """Authenticates and authorizes the caller; returns the validated request."""
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        set_incoming_trace(metadata)
         principal: Principal = await self._authenticator.authenticate(metadata)
         if audience == options_pb2.AUDIENCE_SERVICE and not principal.service:
             raise PermissionDenied("this method accepts service credentials only")
@@ -167,7 +169,7 @@ async def _validated(requests: AsyncIterator) -> AsyncIterator:
 def _log_ok(method: str, started: float) -> None:
     if log.isEnabledFor(logging.INFO):
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("%s OK %.1fms caller=%s", method, elapsed, caller_for_logs())
+        log.info("%s OK %.1fms caller=%s%s", method, elapsed, caller_for_logs(), trace_for_logs())
 
 
 async def _abort(context, method: str, started: float, error: BaseException):
@@ -176,18 +178,26 @@ async def _abort(context, method: str, started: float, error: BaseException):
         # A generated servicer's default: the contract has the method, this build not yet.
         error = Unimplemented(f"{method} is not implemented in this version of agentmesh")
     if isinstance(error, ServiceError):
-        log.info("%s %s %.1fms caller=%s", method, error.code.name, elapsed, caller_for_logs())
+        log.info(
+            "%s %s %.1fms caller=%s%s",
+            method,
+            error.code.name,
+            elapsed,
+            caller_for_logs(),
+            trace_for_logs(),
+        )
         status = error.to_status()
     elif isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
         raise error
     else:
         reference = uuid.uuid4().hex[:12]
         log.error(
-            "%s INTERNAL %.1fms caller=%s reference=%s",
+            "%s INTERNAL %.1fms caller=%s reference=%s%s",
             method,
             elapsed,
             caller_for_logs(),
             reference,
+            trace_for_logs(),
             exc_info=error,
         )
         status = internal_status(reference)

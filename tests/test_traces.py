@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -363,3 +364,45 @@ async def test_the_cli_lists_and_draws_a_trace(tenant, users, traces_mesh):
     assert sum("tokens" in line and " in / " in line for line in lines) == 2
     missing = await asyncio.to_thread(cli, "traces", "show", "traces/trace_" + "0" * 32)
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
+
+
+@pytest.fixture
+async def judge() -> AsyncIterator[str]:
+    """An endpoint guardrail's server that lets everything through."""
+
+    async def decide(request: web.Request) -> web.Response:
+        await request.json()
+        return web.json_response({"tripwire_triggered": False, "message": "fine"})
+
+    app = web.Application()
+    app.router.add_post("/judge", decide)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/judge"
+    await runner.cleanup()
+
+
+async def test_the_calls_a_run_makes_to_other_services_are_spans_of_its_trace(
+    tenant, judge, caplog
+):
+    """The endpoint guardrail is decided by the guardrails service over gRPC: that call is
+    a span of the run's trace, and the call carried the trace's W3C context, which the
+    guardrails service's log line for it names."""
+    guarded = await tenant.agent(
+        "guarded",
+        input_guardrails=[g.Guardrail(name="judge", endpoint=g.EndpointCheck(url=judge))],
+    )
+    tenant.model.enqueue(Reply(text="hello"))
+    with caplog.at_level(logging.INFO, logger="agentmesh.rpc"):
+        run = await tenant.run(guarded.name, "hi")
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    trace = await stored(tenant.client, run.trace)
+
+    method = "/agentmesh.guardrails.v1.GuardrailService/EvaluateGuardrails"
+    (call,) = [s for s in trace.spans if s.type == "custom" and s.name == f"grpc {method}"]
+    assert data(call)["data"]["rpc.grpc.status_code"] == "OK" and not call.error
+    assert "guardrail" in [span.type for span in ancestors(trace, call)]
+    trace_hex = run.trace.removeprefix("traces/trace_")
+    logged = [m for m in caplog.messages if m.startswith(f"{method} OK")]
+    assert logged and all(m.endswith(f"trace={trace_hex}") for m in logged), logged

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from agentmesh.gen.traces.v1 import events_pb2, traces_pb2
+from agentmesh.telemetry import otel_span_id, otel_trace_id
 
 log = logging.getLogger("agentmesh.traces")
 
@@ -39,22 +40,6 @@ _OPERATIONS = {
 _MAX_ATTRIBUTE = 4096
 # A model call is a call out of the process; the rest happens inside it.
 _CLIENT, _INTERNAL = otel.SpanKind.CLIENT, otel.SpanKind.INTERNAL
-
-
-def otel_trace_id(trace_id: str) -> int:
-    digits = trace_id.removeprefix("trace_")[:32]
-    try:
-        return int(digits, 16) or 1
-    except ValueError:
-        return int.from_bytes(trace_id.encode()[:16].ljust(16, b"\0"), "big") or 1
-
-
-def otel_span_id(span_id: str) -> int:
-    digits = span_id.removeprefix("span_")[:16]
-    try:
-        return int(digits, 16) or 1
-    except ValueError:
-        return int.from_bytes(span_id.encode()[:8].ljust(8, b"\0"), "big") or 1
 
 
 def _nanos(stamp: Any) -> int | None:
