@@ -24,6 +24,7 @@ from agentmesh.client import Client
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.registry.v1 import workflows_pb2 as w
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import ModelServer, Reply, ToolCall
@@ -761,8 +762,20 @@ async def test_a_long_conversation_is_compacted_through_the_agents_model(bounded
 async def test_idle_conversations_and_old_run_events_are_deleted(bounded, endpoint):
     base, _ = endpoint
     agent = await bounded.agent("forgetful")
-    bounded.model.enqueue(Reply(text="soon forgotten"))
+    bounded.model.enqueue(Reply(text="soon forgotten"), Reply(text="a step, soon forgotten"))
     run = await bounded.run(agent.name, "remember me?")
+    flow = await bounded.client.workflows.CreateWorkflow(
+        w.CreateWorkflowRequest(
+            workflow=w.Workflow(
+                display_name="forgetful flow",
+                steps=[w.WorkflowStep(id="only", agent=w.AgentStep(agent=agent.name))],
+            )
+        )
+    )
+    workflow_run = await bounded.client.runner.RunWorkflow(
+        rn.RunWorkflowRequest(workflow=flow.name, input="remember me too?")
+    )
+    assert workflow_run.state == State.STATE_SUCCEEDED, workflow_run.error
     paused, _ = await _paused(bounded, f"{base}/echo", agent_id="holder")
     runner = bounded.client.runner
 
@@ -778,6 +791,16 @@ async def test_idle_conversations_and_old_run_events_are_deleted(bounded, endpoi
     kept = await runner.GetRun(rn.GetRunRequest(name=run.name))
     assert (kept.state, kept.final_output) == (State.STATE_SUCCEEDED, "soon forgotten")
     assert [event async for event in runner.WatchRun(rn.WatchRunRequest(name=run.name))] == []
+    # So for a workflow run: it stays, with its steps; its event log is gone.
+    kept_flow = await runner.GetWorkflowRun(rn.GetWorkflowRunRequest(name=workflow_run.name))
+    assert kept_flow.state == State.STATE_SUCCEEDED
+    assert [s.step for s in kept_flow.steps] == ["only"]
+
+    async def flow_events_forgotten() -> bool:
+        watch = runner.WatchWorkflowRun(rn.WatchWorkflowRunRequest(name=workflow_run.name))
+        return [event async for event in watch] == []
+
+    await eventually(flow_events_forgotten, within=5)
     # A conversation a paused run holds is kept, however old.
     held = await runner.GetConversation(rn.GetConversationRequest(name=paused.conversation))
     assert held.active_run == paused.name

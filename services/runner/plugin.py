@@ -168,7 +168,11 @@ async def create(context: MeshContext) -> RunnerService:
         _every(settings.run_lease_renew_seconds, "renewing leases", _renewal(dispatcher, lease)),
         _every(settings.run_lease_sweep_seconds, "sweeping runs", dispatcher.sweep),
         _every(settings.approval_sweep_seconds, "sweeping approvals", dispatcher.expire_approvals),
-        _every(settings.retention_sweep_seconds, "applying retention", _retention(store, settings)),
+        _every(
+            settings.retention_sweep_seconds,
+            "applying retention",
+            _retention(store, workflows, settings),
+        ),
         _every(settings.run_lease_renew_seconds, "workflow leases", workflows.renew_leases),
         _every(settings.run_lease_sweep_seconds, "sweeping workflow runs", workflows.sweep),
     ]
@@ -208,7 +212,9 @@ def _renewal(dispatcher: Dispatcher, lease: timedelta) -> Callable[[], Awaitable
     return renew
 
 
-def _retention(store: RunnerStore, settings) -> Callable[[], Awaitable[None]]:  # type: ignore[no-untyped-def]
+def _retention(  # type: ignore[no-untyped-def]
+    store: RunnerStore, workflows: WorkflowEngine, settings
+) -> Callable[[], Awaitable[None]]:
     async def apply() -> None:
         now = utc_now()
         batch = settings.retention_batch
@@ -217,6 +223,8 @@ def _retention(store: RunnerStore, settings) -> Callable[[], Awaitable[None]]:  
                 pass
         if days := settings.run_retention_days:
             while await store.forget_ended_runs(now - timedelta(days=days), batch) == batch:
+                pass
+            while await workflows.forget_ended_runs(now - timedelta(days=days), batch) == batch:
                 pass
 
     return apply

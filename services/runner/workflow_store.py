@@ -27,6 +27,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    delete,
     false,
     insert,
     or_,
@@ -378,6 +379,31 @@ class WorkflowStore:
             return [row.id for row in rows]
 
     # ---- reading -----------------------------------------------------------------------
+
+    async def forget_ended_runs(self, before: datetime, limit: int) -> int:
+        """Drops the event logs of up to `limit` workflow runs that ended before
+        `before`; the runs themselves (their steps, what they cost) stay."""
+        async with self._write() as conn:
+            ended = [
+                row.id
+                for row in await conn.execute(
+                    select(WorkflowRunRow.id)
+                    .where(
+                        WorkflowRunRow.end_time < before,
+                        select(WorkflowRunEventRow.workflow_run_id)
+                        .where(WorkflowRunEventRow.workflow_run_id == WorkflowRunRow.id)
+                        .exists(),
+                    )
+                    .limit(limit)
+                )
+            ]
+            if ended:
+                await conn.execute(
+                    delete(WorkflowRunEventRow).where(
+                        WorkflowRunEventRow.workflow_run_id.in_(ended)
+                    )
+                )
+        return len(ended)
 
     async def get(self, user_id: str, run_id: str) -> WorkflowRun:
         async with self.engine.connect() as conn:

@@ -37,6 +37,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import cel
@@ -585,9 +586,14 @@ class WorkflowEngine:
             raise StepFailed(_step_error(step.id, first), _workflow_state(first.state))
         for member in members:
             if member.state not in records.ENDED:  # the join has what it waits for
-                self._dispatcher.cancel_soon(RUN.id(member.run))
-                member.state = records.CANCELLED
-                member.end_time.CopyFrom(timestamp(utc_now()))
+                # Waited for, so what the branch used until then counts in the totals.
+                with contextlib.suppress(ServiceError):
+                    _finish_member(
+                        member, await self._dispatcher.cancel(live.run.user_id, RUN.id(member.run))
+                    )
+                if member.state not in records.ENDED:
+                    member.state = records.CANCELLED
+                    member.end_time.CopyFrom(timestamp(utc_now()))
                 live.emit(step_finished=member)
         result = members[0]
         if parallel:
@@ -706,6 +712,9 @@ class WorkflowEngine:
 
     async def get(self, user_id: str, run_id: str) -> WorkflowRun:
         return await self._store.get(user_id, run_id)
+
+    async def forget_ended_runs(self, before: datetime, limit: int) -> int:
+        return await self._store.forget_ended_runs(before, limit)
 
     async def list(self, user_id: str, workflow_id: str, after_seq: int, limit: int) -> Page:
         return await self._store.list_runs(user_id, workflow_id, after_seq, limit)
