@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -103,6 +104,14 @@ def run_migrations_from_env() -> None:
             version_table=context.config.attributes["version_table"],
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together migrate one at a time: the rest wait here,
+                # then find the version table at head and do nothing.
+                version_table = context.config.attributes["version_table"]
+                key = int.from_bytes(hashlib.sha256(version_table.encode()).digest()[:8], "big")
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": key - (1 << 63)}
+                )
             context.run_migrations()
     engine.dispose()
 

@@ -7,8 +7,10 @@ so the two cannot drift apart.
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -169,3 +171,18 @@ def test_migrated_schema_matches_the_models(service, url, engine):
 
         indexed = {tuple(index["column_names"]) for index in inspector.get_indexes(name)}
         assert indexed >= {tuple(c.name for c in index.columns) for index in table.indexes}, name
+
+
+def test_replicas_starting_together_migrate_one_database_once(postgres, service):
+    """Replicas of one service start at once on one Postgres database: each waits for the
+    one migrating, then finds it done; none fails on a table another just created."""
+    url = postgres.create_database(f"together_{uuid.uuid4().hex}")
+    # Processes, as replicas are (Alembic's command API keeps its state in module globals).
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(migrate, [service.migrations] * 4, [url] * 4, timeout=60))
+    sync_url = make_url(url).set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
+    try:
+        assert current_revision(engine, service.migrations) == head(service.migrations)
+    finally:
+        engine.dispose()

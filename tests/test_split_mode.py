@@ -1,6 +1,8 @@
-"""Production's shape on one machine: each service its own `agentmesh serve` process,
-one Postgres with a database per service, one NATS, and Envoy in front with a
-cluster per service. Clients see one API, REST and gRPC, as with one process."""
+"""Production's shape on one machine: each service its own `agentmesh serve` process
+(the runner twice), one Postgres with a database per service, one NATS, and Envoy in
+front with a cluster per service. Clients see one API, REST and gRPC, as with one
+process: agents and providers, runs (sync, streamed, background), files and search,
+traces; and a runner replica killed mid-run is survived."""
 
 from __future__ import annotations
 
@@ -17,20 +19,36 @@ import aiohttp
 import grpc
 import psycopg
 import pytest
+from files_support import READY, index_file, new_store, search
 from support import expect_rpc_error
+from test_runner import KEY, use_model
 
 from agentmesh.client import Client
 from agentmesh.gateway import Gateway
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
+from agentmesh.gen.runner.v1 import runner_pb2 as rn
+from agentmesh.gen.traces.v1 import traces_pb2 as t
+from agentmesh.gen.traces.v1 import traces_pb2_grpc
+from agentmesh.model_server import ModelServer, Reply
 from agentmesh.nats_server import EmbeddedNats
+from agentmesh.processes import free_port
 from agentmesh.testing.postgres import TemporaryPostgres
+from services import plugins_named
 
-SERVICES = ("registry", "providers")  # what is implemented; the runner's turn comes
+SERVICES = ("registry", "providers", "runner", "guardrails", "files", "traces")
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+State = rn.Run.State
+# Leases short enough that a killed replica's run is taken over within seconds.
+FAST = {
+    "AGENTMESH_RUN_LEASE_SECONDS": "2",
+    "AGENTMESH_RUN_LEASE_RENEW_SECONDS": "0.5",
+    "AGENTMESH_RUN_LEASE_SWEEP_SECONDS": "0.5",
+    "AGENTMESH_TRACE_FLUSH_SECONDS": "0.2",
+}
 
 
-async def _serve(service: str, data_dir: Path, env: dict[str, str]):
+async def _serve(service: str, data_dir: Path, env: dict[str, str], port: int = 0):
     """`agentmesh serve SERVICE` as its own process; returns it and its address."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -41,7 +59,7 @@ async def _serve(service: str, data_dir: Path, env: dict[str, str]):
         "--data-dir",
         str(data_dir),
         "--port",
-        "0",
+        str(port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **env},
@@ -49,7 +67,7 @@ async def _serve(service: str, data_dir: Path, env: dict[str, str]):
     assert process.stdout is not None
     seen: list[str] = []
     while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
         assert line, f"agentmesh serve {service} exited early: {seen}"
         seen.append(line)
         if match := re.search(r"agentmesh is up on (\S+)", line):
@@ -57,6 +75,8 @@ async def _serve(service: str, data_dir: Path, env: dict[str, str]):
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return  # killed by its test
     process.send_signal(signal.SIGTERM)
     assert process.stdout is not None
     await asyncio.wait_for(process.stdout.read(), 30)
@@ -64,10 +84,22 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 @pytest.fixture(scope="module")
-async def split_mesh(tmp_path_factory, postgres: TemporaryPostgres) -> AsyncIterator[dict]:
+async def model() -> AsyncIterator[ModelServer]:
+    async with ModelServer(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def split_mesh(
+    tmp_path_factory, postgres: TemporaryPostgres, model: ModelServer
+) -> AsyncIterator[dict]:
+    """Every service its own process (the runner twice), wired by settings alone: peers
+    on ports chosen up front, one Postgres with a database per service, one NATS."""
     root = tmp_path_factory.mktemp("split")
     for service in SERVICES:
         postgres.create_database(f"split_{service}")
+    ports = {name: free_port() for name in (*SERVICES, "runner-b")}
+    peers = {service: f"127.0.0.1:{ports[service]}" for service in SERVICES}
     async with EmbeddedNats(root / "nats") as nats:
         shared = {
             "AGENTMESH_SERVICE_TOKEN": "split-mode-service-token",
@@ -75,27 +107,45 @@ async def split_mesh(tmp_path_factory, postgres: TemporaryPostgres) -> AsyncIter
             # One Postgres, one database per service: {service} is filled in by each.
             "AGENTMESH_DATABASE_URL": postgres.url("split_{service}"),
             "AGENTMESH_OUTBOUND_ALLOW": '["127.0.0.1"]',
+            "AGENTMESH_PEERS": json.dumps(peers),
             "OPENAI_API_KEY": "",
+            **FAST,
         }
-        processes = []
+        processes: dict[str, asyncio.subprocess.Process] = {}
         try:
-            registry, registry_address = await _serve("registry", root / "registry", shared)
-            processes.append(registry)
-            peers = {"AGENTMESH_PEERS": json.dumps({"registry": registry_address})}
-            providers, providers_address = await _serve(
-                "providers", root / "providers", {**shared, **peers}
+            # The registry first: every other service checks API keys with it.
+            processes["registry"], _ = await _serve(
+                "registry", root / "registry", shared, ports["registry"]
             )
-            processes.append(providers)
-            addresses = {"registry": registry_address, "providers": providers_address}
-            async with Gateway(addresses) as gateway:
+            names = [s for s in SERVICES if s != "registry"] + ["runner-b"]
+            started = await asyncio.gather(
+                *(
+                    _serve(name.removesuffix("-b"), root / name, shared, ports[name])
+                    for name in names
+                )
+            )
+            for name, (process, _) in zip(names, started, strict=True):
+                processes[name] = process
+            async with Gateway(peers) as gateway:
+                admin_key = (root / "registry" / "admin.key").read_text().strip()
+                async with Client(gateway.address, admin_key) as admin:
+                    await use_model(admin, model)
                 yield {
                     "gateway": gateway,
-                    "admin_key": (root / "registry" / "admin.key").read_text().strip(),
-                    "addresses": addresses,
+                    "admin_key": admin_key,
+                    "addresses": {**peers, "runner-b": f"127.0.0.1:{ports['runner-b']}"},
+                    "processes": processes,
                 }
         finally:
-            for process in reversed(processes):
+            for process in reversed(processes.values()):
                 await _stop(process)
+
+
+async def _eventually(check, within: float = 30.0):
+    async with asyncio.timeout(within):
+        while not (result := await check()):  # noqa: ASYNC110 - the state is the server's
+            await asyncio.sleep(0.1)
+    return result
 
 
 async def test_agents_and_providers_through_the_gateway_over_rest_and_grpc(split_mesh):
@@ -123,7 +173,7 @@ async def test_agents_and_providers_through_the_gateway_over_rest_and_grpc(split
         agents = await client.registry.ListAgents(r.ListAgentsRequest())
         assert agent["name"] in [a.name for a in agents.agents]
         providers = await client.providers.ListProviders(p.ListProvidersRequest())
-        assert [x.name for x in providers.providers] == [provider["name"]]
+        assert provider["name"] in [x.name for x in providers.providers]
 
 
 async def test_each_call_reaches_the_process_that_serves_it(split_mesh):
@@ -142,8 +192,28 @@ async def test_each_call_reaches_the_process_that_serves_it(split_mesh):
         await both.providers.ListProviders(p.ListProvidersRequest())
 
 
+def _events(lines: list[bytes]) -> list[dict]:
+    return [
+        json.loads(line.removeprefix(b"data: ")) for line in lines if line.startswith(b"data: ")
+    ]
+
+
+async def _trace(client: Client, name: str) -> t.Trace | None:
+    try:
+        trace = await traces_pb2_grpc.TraceServiceStub(client.channel).GetTrace(
+            t.GetTraceRequest(name=name)
+        )
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        return None
+    done = any(not span.parent_id and span.HasField("end_time") for span in trace.spans)
+    return trace if done else None
+
+
 def test_each_service_migrated_its_own_database(split_mesh, postgres):
-    for service in SERVICES:
+    keeping = [plugin.name for plugin in plugins_named(*SERVICES) if plugin.migrations]
+    assert "guardrails" not in keeping and len(keeping) == len(SERVICES) - 1
+    for service in keeping:
         with psycopg.connect(postgres.url(f"split_{service}", driver="postgresql")) as db:
             tables = {
                 row[0]
@@ -153,3 +223,87 @@ def test_each_service_migrated_its_own_database(split_mesh, postgres):
                 )
             }
         assert tables == {f"alembic_version_{service}"}
+
+
+async def test_runs_sync_and_streamed_through_the_gateway_and_their_traces(split_mesh, model):
+    gateway, key = split_mesh["gateway"], split_mesh["admin_key"]
+    async with Client(gateway.address, key) as client:
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name="Splitter"), agent_id="splitter")
+        )
+        model.enqueue(Reply(text="a sync answer"))
+        run = await client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="hi"))
+        assert (run.state, run.final_output) == (State.STATE_SUCCEEDED, "a sync answer")
+
+        model.enqueue(Reply(text="a streamed answer"))
+        headers = {"authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(gateway.url, headers=headers) as http:
+            async with http.post(f"/api/v1/{agent.name}/run:stream", json={"input": "hi"}) as got:
+                assert got.status == 200, await got.text()
+                events = _events([line async for line in got.content])
+        assert events[-1]["runFinished"]["state"] == "STATE_SUCCEEDED"
+        assert "".join(e["textDelta"]["delta"] for e in events if "textDelta" in e) == (
+            "a streamed answer"
+        )
+
+        # The runner's spans reach the traces service over NATS, in their own process.
+        trace = await _eventually(lambda: _trace(client, run.trace))
+        assert (trace.run, trace.agent) == (run.name, agent.name)
+        assert {"agent", "generation"} <= {span.type for span in trace.spans}
+
+
+async def test_a_file_is_uploaded_indexed_and_searched_through_the_gateway(split_mesh):
+    async with Client(split_mesh["gateway"].address, split_mesh["admin_key"]) as client:
+        store = await new_store(client)
+        text = b"The blue heron nests by the north lake every spring.\n"
+        file = await index_file(client, store, "heron.txt", text)
+        assert file.state == READY, file.error
+        results = await search(client, store, "where does the heron nest?")
+        assert results and results[0].file == file.name
+
+
+async def test_a_runner_replica_killed_mid_run_is_survived(split_mesh, model):
+    """Runs last: it kills the replica the gateway routes runs to. A run in flight on it
+    is taken over by the other replica, which then also picks background runs."""
+    key, addresses = split_mesh["admin_key"], split_mesh["addresses"]
+    runner_a = split_mesh["processes"]["runner"]
+    async with (
+        Client(split_mesh["gateway"].address, key) as client,
+        Client(addresses["runner"], key) as on_a,
+        Client(addresses["runner-b"], key) as on_b,
+    ):
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name="Survivor"), agent_id="survivor")
+        )
+        model.enqueue(Reply(text="never sent", delay_s=30), Reply(text="after the takeover"))
+        request = rn.RunAgentRequest(agent=agent.name, input="survive this", request_id="s-1")
+        call = asyncio.ensure_future(on_a.runner.RunAgent(request))
+        await _eventually(
+            lambda: _true(any("survive this" in json.dumps(q.body) for q in model.requests))
+        )
+        runner_a.send_signal(signal.SIGKILL)
+        await runner_a.wait()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        # The same request again, to the other replica: the first run, once it ended there.
+        survived = await asyncio.wait_for(on_b.runner.RunAgent(request), 60)
+        assert (survived.state, survived.final_output) == (
+            State.STATE_SUCCEEDED,
+            "after the takeover",
+        )
+
+        model.enqueue(Reply(text="from the queue"))
+        submitted = await on_b.runner.SubmitRun(
+            rn.RunAgentRequest(agent=agent.name, input="in the background")
+        )
+        done = await _eventually(lambda: _ended(on_b, submitted.name))
+        assert (done.state, done.final_output) == (State.STATE_SUCCEEDED, "from the queue")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _ended(client: Client, name: str) -> rn.Run | None:
+    run = await client.runner.GetRun(rn.GetRunRequest(name=name))
+    return run if run.state == State.STATE_SUCCEEDED or run.state == State.STATE_FAILED else None
