@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -330,7 +331,63 @@ class Started:
 _UNANSWERED = "The run ended before this tool call returned."
 
 
-class RunnerStore:
+class LeasedRows:
+    """Runs and workflow runs are held alike: by the replica that owns them, under a
+    lease it renews; a lease that runs out lets another replica take the row over."""
+
+    # The table's ORM class (id, owner, state, lease_expire_time), and the store's.
+    _row: Any
+    engine: AsyncEngine
+    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+    def _held(self, owner: str, ids: Sequence[str]) -> tuple[Any, ...]:
+        row = self._row
+        return (row.id.in_(ids), row.owner == owner, row.state == records.RUNNING)
+
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], lease: timedelta) -> set[str]:
+        """Extends the leases of the rows `owner` holds, in one UPDATE; returns those it
+        still holds (a live one missing from them was taken over)."""
+        if not run_ids:
+            return set()
+        async with self._write() as conn:
+            rows = await conn.execute(
+                update(self._row)
+                .where(*self._held(owner, run_ids))
+                .values(lease_expire_time=utc_now() + lease)
+                .returning(self._row.id)
+            )
+            return {row.id for row in rows}
+
+    async def expire_leases(self, owner: str, run_ids: Sequence[str]) -> None:
+        """Gives rows up at once (a replica stopping): another replica's sweep takes
+        them over without waiting for the lease to run out."""
+        if not run_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(
+                update(self._row)
+                .where(*self._held(owner, run_ids))
+                .values(lease_expire_time=utc_now() - timedelta(seconds=1))
+            )
+
+    async def expired_leases(self, now: datetime, limit: int = 100) -> list[str]:
+        """Running rows whose lease ran out (or that never had one)."""
+        row = self._row
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(row.id)
+                .where(
+                    row.state == records.RUNNING,
+                    or_(row.lease_expire_time.is_(None), row.lease_expire_time < now),
+                )
+                .limit(limit)
+            )
+            return [found.id for found in rows]
+
+
+class RunnerStore(LeasedRows):
+    _row = RunRow
+
     def __init__(self, engine: AsyncEngine, queued_event: Callable[[str, str], Any]):
         self.engine = engine
         # The RunQueued event for (run id, user id), staged when a run is queued.
@@ -503,51 +560,6 @@ class RunnerStore:
                 .where(RunRow.id == run_id, RunRow.owner == owner)
                 .values(reservations=reservations)
             )
-
-    async def renew_leases(self, owner: str, run_ids: Sequence[str], lease: timedelta) -> set[str]:
-        """Extends the leases of the runs `owner` runs, in one UPDATE; returns those it
-        still holds (a live run missing from them was taken over)."""
-        if not run_ids:
-            return set()
-        async with self._write() as conn:
-            rows = await conn.execute(
-                update(RunRow)
-                .where(
-                    RunRow.id.in_(run_ids),
-                    RunRow.owner == owner,
-                    RunRow.state == records.RUNNING,
-                )
-                .values(lease_expire_time=utc_now() + lease)
-                .returning(RunRow.id)
-            )
-            return {row.id for row in rows}
-
-    async def expire_leases(self, owner: str, run_ids: Sequence[str]) -> None:
-        """Gives runs up at once (a replica stopping): another replica's sweep takes
-        them over without waiting for the lease to run out."""
-        if not run_ids:
-            return
-        async with self._write() as conn:
-            await conn.execute(
-                update(RunRow)
-                .where(
-                    RunRow.id.in_(run_ids), RunRow.owner == owner, RunRow.state == records.RUNNING
-                )
-                .values(lease_expire_time=utc_now() - timedelta(seconds=1))
-            )
-
-    async def expired_leases(self, now: datetime, limit: int = 100) -> list[str]:
-        """Running runs whose lease ran out (or that never had one)."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(RunRow.id)
-                .where(
-                    RunRow.state == records.RUNNING,
-                    or_(RunRow.lease_expire_time.is_(None), RunRow.lease_expire_time < now),
-                )
-                .limit(limit)
-            )
-            return [row.id for row in rows]
 
     async def discard_replayed_items(self, run: records.Run) -> None:
         """What a lost run added to its conversation after its safe point: a replay

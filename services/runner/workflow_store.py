@@ -46,7 +46,7 @@ from agentmesh.errors import NotFound
 from agentmesh.ids import utc_now
 from agentmesh.outbox import stage
 from services.runner import records
-from services.runner.store import OUTBOX, Base, RunnerStore, RunRow
+from services.runner.store import OUTBOX, Base, LeasedRows, RunnerStore, RunRow
 
 
 class WorkflowRunRow(Base):
@@ -187,8 +187,10 @@ class Started:
     repeated: bool = False  # a retried request_id: the first run
 
 
-class WorkflowStore:
+class WorkflowStore(LeasedRows):
     """Shares the runner's database, write turns and outbox (RunnerStore)."""
+
+    _row = WorkflowRunRow
 
     def __init__(self, runs: RunnerStore, queued_event: Callable[[str, str], Any]):
         self.engine = runs.engine
@@ -299,52 +301,6 @@ class WorkflowStore:
             ),
             fresh=False,
         )
-
-    async def renew_leases(self, owner: str, run_ids: Sequence[str], lease: timedelta) -> set[str]:
-        if not run_ids:
-            return set()
-        async with self._write() as conn:
-            rows = await conn.execute(
-                update(WorkflowRunRow)
-                .where(
-                    WorkflowRunRow.id.in_(run_ids),
-                    WorkflowRunRow.owner == owner,
-                    WorkflowRunRow.state == records.RUNNING,
-                )
-                .values(lease_expire_time=utc_now() + lease)
-                .returning(WorkflowRunRow.id)
-            )
-            return {row.id for row in rows}
-
-    async def expire_leases(self, owner: str, run_ids: Sequence[str]) -> None:
-        """Gives runs up at once (a replica stopping) for another to take over."""
-        if not run_ids:
-            return
-        async with self._write() as conn:
-            await conn.execute(
-                update(WorkflowRunRow)
-                .where(
-                    WorkflowRunRow.id.in_(run_ids),
-                    WorkflowRunRow.owner == owner,
-                    WorkflowRunRow.state == records.RUNNING,
-                )
-                .values(lease_expire_time=utc_now() - timedelta(seconds=1))
-            )
-
-    async def expired_leases(self, now: datetime, limit: int = 100) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(WorkflowRunRow.id)
-                .where(
-                    WorkflowRunRow.state == records.RUNNING,
-                    or_(
-                        WorkflowRunRow.lease_expire_time.is_(None),
-                        WorkflowRunRow.lease_expire_time < now,
-                    ),
-                )
-                .limit(limit)
-            )
-            return [row.id for row in rows]
 
     async def in_state(
         self, state: int, updated_before: datetime | None = None, limit: int = 100
