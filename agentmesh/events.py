@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 from google.protobuf.message import Message
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 
 from agentmesh.gen.common.v1 import options_pb2
 
@@ -70,12 +70,32 @@ class EventBus:
             await self._client.publish(spec.subject, data)
 
     async def ensure_stream(self, event_type: type[Message]) -> None:
-        """Creates the JetStream stream an event type is stored in, if missing."""
+        """Creates the JetStream stream an event type is stored in, if missing, with the
+        retention and age its options declare. Publishers and consumers both call it
+        (whichever starts first). A stream of that name with another retention (which
+        cannot change in place) is refused: a work queue's messages would outlive their
+        acknowledgement, and a job run twice."""
         spec = event_spec(event_type)
+        work_queue = spec.retention == options_pb2.RETENTION_WORK_QUEUE
         try:
-            await self.jetstream.stream_info(spec.stream)
+            info = await self.jetstream.stream_info(spec.stream)
         except nats.js.errors.NotFoundError:
-            await self.jetstream.add_stream(StreamConfig(name=spec.stream, subjects=[spec.subject]))
+            config = StreamConfig(
+                name=spec.stream,
+                subjects=[spec.subject],
+                retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS,
+                max_age=spec.max_age.ToTimedelta().total_seconds() or None,
+            )
+            try:
+                await self.jetstream.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:
+                info = await self.jetstream.stream_info(spec.stream)  # created meanwhile
+        if (info.config.retention == RetentionPolicy.WORK_QUEUE) != work_queue:
+            raise RuntimeError(
+                f"the JetStream stream {spec.stream} exists with {info.config.retention} "
+                "retention, not the one its events declare; delete it so it is made anew"
+            )
 
     async def subscribe(self, event_type: type[E], handle: Callable[[E], Awaitable[None]]) -> None:
         """Calls handle for every core-NATS event of this type (for caches)."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from nats.js.api import RetentionPolicy, StreamConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh.db import create_engine
@@ -15,6 +16,8 @@ from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.registry.v1 import events_pb2 as registry_events
 from agentmesh.gen.runner.v1 import events_pb2 as runner_events
 from agentmesh.gen.runner.v1 import runner_pb2
+from agentmesh.gen.runner.v1.events_pb2 import RunQueued
+from agentmesh.gen.traces.v1.events_pb2 import SpanBatch
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.outbox import OutboxRelay, outbox_table, stage
 
@@ -147,3 +150,23 @@ async def _stored_or_empty(bus: EventBus) -> list[RunChanged]:
 def test_only_jetstream_events_may_be_staged():
     with pytest.raises(TypeError):
         asyncio.run(stage(None, None, registry_events.AgentChanged()))  # type: ignore[arg-type]
+
+
+async def test_streams_are_made_as_their_events_declare_and_a_mismatch_is_refused(bus):
+    """RUN_QUEUE and SPANS are work queues (SPANS for a week at most), RUNS keeps every
+    message: as each event's options say. A stream made otherwise is refused, never used."""
+    await bus.ensure_stream(RunQueued)
+    await bus.ensure_stream(SpanBatch)
+    await bus.ensure_stream(RunChanged)
+    await bus.ensure_stream(SpanBatch)  # again: what exists as declared is left alone
+    queue = (await bus.jetstream.stream_info("RUN_QUEUE")).config
+    spans = (await bus.jetstream.stream_info("SPANS")).config
+    runs = (await bus.jetstream.stream_info("RUNS")).config
+    assert queue.retention == spans.retention == RetentionPolicy.WORK_QUEUE
+    assert spans.max_age == 7 * 24 * 3600 and not queue.max_age
+    assert runs.retention == RetentionPolicy.LIMITS
+
+    await bus.jetstream.delete_stream("RUN_QUEUE")
+    await bus.jetstream.add_stream(StreamConfig(name="RUN_QUEUE", subjects=["runs.queued"]))
+    with pytest.raises(RuntimeError, match="RUN_QUEUE"):
+        await bus.ensure_stream(RunQueued)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from agentmesh.events import EventBus, event_spec
@@ -46,25 +46,6 @@ _FETCH_SECONDS = 1.0
 # Unflushed rows are searched by brute force; past this many, flush without waiting
 # for the queue to fall idle.
 FLUSH_ROWS = 10_000
-
-
-async def ensure_queue(events: EventBus) -> None:
-    """The ingestion stream, with work-queue retention: an acknowledged file is gone."""
-    spec = event_spec(events_pb2.FileUploaded)
-    try:
-        info = await events.jetstream.stream_info(spec.stream)
-    except nats.js.errors.NotFoundError:
-        await events.jetstream.add_stream(
-            StreamConfig(
-                name=spec.stream, subjects=[spec.subject], retention=RetentionPolicy.WORK_QUEUE
-            )
-        )
-        return
-    if info.config.retention != RetentionPolicy.WORK_QUEUE:
-        raise RuntimeError(
-            f"the JetStream stream {spec.stream} exists without work-queue retention; "
-            "delete it so the files service can create it"
-        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from agentmesh.outbox import OutboxRelay
 from services.files.blobs import LocalBlobStore
 from services.files.embed import local_embedder_async
 from services.files.embeddings import Embeddings
-from services.files.ingest import IngestionQueue, Ingestor, ensure_queue
+from services.files.ingest import IngestionQueue, Ingestor
 from services.files.servicer import FileServicer
 from services.files.store import OUTBOX, FileStore
 from services.files.vectors import VectorIndex
@@ -51,7 +51,7 @@ async def create(context: MeshContext) -> FilesService:
         settings.milvus_uri or str(settings.data_dir / "milvus.db"), settings.milvus_token
     )
     # Before the relay first publishes to it: the stream is a work queue.
-    await ensure_queue(context.events)
+    await context.events.ensure_stream(events_pb2.FileUploaded)
     relay = OutboxRelay(
         "files", context.database, OUTBOX, context.events, [events_pb2.FileUploaded]
     )

@@ -14,6 +14,7 @@ from agentmesh.api import timestamp
 from agentmesh.gen.providers.v1 import events_pb2 as provider_events
 from agentmesh.gen.registry.v1 import events_pb2 as registry_events
 from agentmesh.gen.runner.v1 import events_pb2 as runner_events
+from agentmesh.gen.traces.v1 import events_pb2 as trace_events
 from agentmesh.ids import new_id, utc_now
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
@@ -27,12 +28,11 @@ from services.runner.execute import Executor
 from services.runner.file_search import FileSearch
 from services.runner.guarding import Guarding
 from services.runner.models import Models
-from services.runner.queue import RunQueue, ensure_queue
+from services.runner.queue import RunQueue
 from services.runner.servicer import RunnerServicer
 from services.runner.store import OUTBOX, RunnerStore
 from services.runner.tracing import ROUTER, Redactor, SpanSink, install_tracing
 from services.runner.workflows import WorkflowEngine
-from services.traces.stream import ensure_span_stream
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("agentmesh.runner")
@@ -103,8 +103,9 @@ async def create(context: MeshContext) -> RunnerService:
     prices = {model: Price(**price) for model, price in settings.credit_prices.items()}
     credits = Credits(context.peer("registry"), prices, settings.run_credit_chunk)
     # Before the relay first publishes to it: the queue's stream is a work queue.
-    await ensure_queue(context.events)
-    await ensure_span_stream(context.events)
+    await context.events.ensure_stream(runner_events.RunQueued)
+    # Spans wait for the traces service there, whichever of the two starts first.
+    await context.events.ensure_stream(trace_events.SpanBatch)
     relay = OutboxRelay(
         "runner",
         context.database,

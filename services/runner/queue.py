@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from agentmesh.events import EventBus, event_spec
@@ -40,27 +40,6 @@ _RETRY_SECONDS = 2.0
 _FETCH_SECONDS = 1.0
 _FETCH_MAX = 16
 _WORKFLOW_RUNS = "workflowRuns/"
-
-
-async def ensure_queue(events: EventBus) -> None:
-    """Creates the work-queue stream if missing. A stream of that name with another
-    retention (it cannot be changed in place) is refused: its messages would
-    outlive their acknowledgement and could run a run twice."""
-    spec = event_spec(events_pb2.RunQueued)
-    try:
-        info = await events.jetstream.stream_info(spec.stream)
-    except nats.js.errors.NotFoundError:
-        await events.jetstream.add_stream(
-            StreamConfig(
-                name=spec.stream, subjects=[spec.subject], retention=RetentionPolicy.WORK_QUEUE
-            )
-        )
-        return
-    if info.config.retention != RetentionPolicy.WORK_QUEUE:
-        raise RuntimeError(
-            f"the JetStream stream {spec.stream} exists without work-queue retention; "
-            "delete it so the runner can create it"
-        )
 
 
 class RunQueue:

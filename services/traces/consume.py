@@ -29,7 +29,6 @@ from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.traces.v1 import events_pb2
 from agentmesh.names import ResourceName
 from services.traces.store import Delivery, Span, TraceInfo, TraceStore
-from services.traces.stream import ensure_span_stream
 
 log = logging.getLogger("agentmesh.traces")
 
@@ -143,7 +142,7 @@ class SpanConsumer:
         self.stored = 0  # spans written (for tests and benchmarks)
 
     async def start(self) -> None:
-        await ensure_span_stream(self._events)
+        await self._events.ensure_stream(events_pb2.SpanBatch)
         spec = event_spec(events_pb2.SpanBatch)
         self._subscription = await self._events.jetstream.pull_subscribe(
             spec.subject,

@@ -23,19 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!agentmesh/common/v1/options.proto\x12\x13\x61gentmesh.common.v1\x1a google/protobuf/descriptor.proto\"Y\n\x05\x45vent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12/\n\x08\x64\x65livery\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Delivery\x12\x0e\n\x06stream\x18\x03 \x01(\t*N\n\x08\x41udience\x12\x18\n\x14\x41UDIENCE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UDIENCE_ADMIN\x10\x01\x12\x14\n\x10\x41UDIENCE_SERVICE\x10\x02*O\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x11\n\rDELIVERY_CORE\x10\x01\x12\x16\n\x12\x44\x45LIVERY_JETSTREAM\x10\x02:Q\n\x08\x61udience\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x1d.agentmesh.common.v1.Audience:L\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd2\x86\x03 \x01(\x0b\x32\x1a.agentmesh.common.v1.Eventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!agentmesh/common/v1/options.proto\x12\x13\x61gentmesh.common.v1\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb8\x01\n\x05\x45vent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12/\n\x08\x64\x65livery\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Delivery\x12\x0e\n\x06stream\x18\x03 \x01(\t\x12\x31\n\tretention\x18\x04 \x01(\x0e\x32\x1e.agentmesh.common.v1.Retention\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration*N\n\x08\x41udience\x12\x18\n\x14\x41UDIENCE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UDIENCE_ADMIN\x10\x01\x12\x14\n\x10\x41UDIENCE_SERVICE\x10\x02*O\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x11\n\rDELIVERY_CORE\x10\x01\x12\x16\n\x12\x44\x45LIVERY_JETSTREAM\x10\x02*@\n\tRetention\x12\x19\n\x15RETENTION_UNSPECIFIED\x10\x00\x12\x18\n\x14RETENTION_WORK_QUEUE\x10\x01:Q\n\x08\x61udience\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x1d.agentmesh.common.v1.Audience:L\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xd2\x86\x03 \x01(\x0b\x32\x1a.agentmesh.common.v1.Eventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.gen.common.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIENCE']._serialized_start=183
-  _globals['_AUDIENCE']._serialized_end=261
-  _globals['_DELIVERY']._serialized_start=263
-  _globals['_DELIVERY']._serialized_end=342
-  _globals['_EVENT']._serialized_start=92
-  _globals['_EVENT']._serialized_end=181
+  _globals['_AUDIENCE']._serialized_start=311
+  _globals['_AUDIENCE']._serialized_end=389
+  _globals['_DELIVERY']._serialized_start=391
+  _globals['_DELIVERY']._serialized_end=470
+  _globals['_RETENTION']._serialized_start=472
+  _globals['_RETENTION']._serialized_end=536
+  _globals['_EVENT']._serialized_start=125
+  _globals['_EVENT']._serialized_end=309
 # @@protoc_insertion_point(module_scope)

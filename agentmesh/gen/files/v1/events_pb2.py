@@ -26,7 +26,7 @@ from agentmesh.gen.common.v1 import options_pb2 as agentmesh_dot_common_dot_v1_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/files/v1/events.proto\x12\x12\x61gentmesh.files.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n\x0c\x46ileUploaded\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cvector_store\x18\x04 \x01(\t:&\x92\xb5\x18\"\n\x0e\x66iles.uploaded\x10\x02\x1a\x0e\x46ILE_INGESTIONb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/files/v1/events.proto\x12\x12\x61gentmesh.files.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n\x0c\x46ileUploaded\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cvector_store\x18\x04 \x01(\t:(\x92\xb5\x18$\n\x0e\x66iles.uploaded\x10\x02\x1a\x0e\x46ILE_INGESTION \x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.gen.files.v1.even
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FILEUPLOADED']._loaded_options = None
-  _globals['_FILEUPLOADED']._serialized_options = b'\222\265\030\"\n\016files.uploaded\020\002\032\016FILE_INGESTION'
+  _globals['_FILEUPLOADED']._serialized_options = b'\222\265\030$\n\016files.uploaded\020\002\032\016FILE_INGESTION \001'
   _globals['_FILEUPLOADED']._serialized_start=124
-  _globals['_FILEUPLOADED']._serialized_end=270
+  _globals['_FILEUPLOADED']._serialized_end=272
 # @@protoc_insertion_point(module_scope)

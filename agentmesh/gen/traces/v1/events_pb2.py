@@ -26,7 +26,7 @@ from agentmesh.gen.common.v1 import options_pb2 as agentmesh_dot_common_dot_v1_d
 from agentmesh.gen.traces.v1 import traces_pb2 as agentmesh_dot_traces_dot_v1_dot_traces__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/traces/v1/events.proto\x12\x13\x61gentmesh.traces.v1\x1a!agentmesh/common/v1/options.proto\x1a agentmesh/traces/v1/traces.proto\"\x8b\x01\n\tSpanBatch\x12\x0c\n\x04user\x18\x01 \x01(\t\x12(\n\x05spans\x18\x02 \x03(\x0b\x32\x19.agentmesh.traces.v1.Span\x12*\n\x06traces\x18\x03 \x03(\x0b\x32\x1a.agentmesh.traces.v1.Trace:\x1a\x92\xb5\x18\x16\n\x0bspans.batch\x10\x02\x1a\x05SPANSb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/traces/v1/events.proto\x12\x13\x61gentmesh.traces.v1\x1a!agentmesh/common/v1/options.proto\x1a agentmesh/traces/v1/traces.proto\"\x93\x01\n\tSpanBatch\x12\x0c\n\x04user\x18\x01 \x01(\t\x12(\n\x05spans\x18\x02 \x03(\x0b\x32\x19.agentmesh.traces.v1.Span\x12*\n\x06traces\x18\x03 \x03(\x0b\x32\x1a.agentmesh.traces.v1.Trace:\"\x92\xb5\x18\x1e\n\x0bspans.batch\x10\x02\x1a\x05SPANS \x01*\x04\x08\x80\xf5$b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.gen.traces.v1.eve
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SPANBATCH']._loaded_options = None
-  _globals['_SPANBATCH']._serialized_options = b'\222\265\030\026\n\013spans.batch\020\002\032\005SPANS'
+  _globals['_SPANBATCH']._serialized_options = b'\222\265\030\036\n\013spans.batch\020\002\032\005SPANS \001*\004\010\200\365$'
   _globals['_SPANBATCH']._serialized_start=127
-  _globals['_SPANBATCH']._serialized_end=266
+  _globals['_SPANBATCH']._serialized_end=274
 # @@protoc_insertion_point(module_scope)
