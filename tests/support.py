@@ -5,8 +5,13 @@ Imported by tests as `from support import ...` (pytest puts tests/ on the path).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -93,3 +98,36 @@ async def expect_rpc_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.
         await call
     assert caught.value.code() == code, caught.value
     return caught.value
+
+
+async def start_agentmesh(
+    *args: str, env: dict[str, str] | None = None, within: float = 120.0
+) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """`agentmesh ARGS...` as its own process (logging at WARNING), once it says it is
+    up: the process, the address it serves on, and what it printed until then."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentmesh.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **(env or {})},
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), within)).decode()
+        assert line, f"agentmesh {' '.join(args[:2])} exited early: {lines}"
+        lines.append(line)
+        if match := re.search(r"agentmesh is up on (\S+)", line):
+            return process, match.group(1), lines
+
+
+async def stop_agentmesh(process: asyncio.subprocess.Process) -> str:
+    """SIGTERM, and what it printed on the way out; it must exit cleanly."""
+    assert process.stdout is not None
+    process.send_signal(signal.SIGTERM)
+    rest = (await asyncio.wait_for(process.stdout.read(), 30)).decode()
+    assert await process.wait() == 0
+    return rest

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import start_agentmesh, stop_agentmesh
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
@@ -28,32 +28,10 @@ EXAMPLES = Path(__file__).parent.parent / "examples" / "agents.json"
 async def _start(
     *args: str, command: tuple[str, ...] = ("up",), env: dict[str, str] | None = None
 ) -> tuple[asyncio.subprocess.Process, str, list[str]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agentmesh.cli",
-        *command,
-        "--port",
-        "0",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **(env or {})},
-    )
-    lines: list[str] = []
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert line, f"agentmesh up exited early: {lines}"
-        lines.append(line)
-        if match := re.search(r"agentmesh is up on (\S+)", line):
-            return process, match.group(1), lines
+    return await start_agentmesh(*command, "--port", "0", *args, env=env, within=60)
 
 
-async def _stop(process: asyncio.subprocess.Process) -> str:
-    process.send_signal(signal.SIGTERM)
-    rest = (await asyncio.wait_for(process.stdout.read(), 30)).decode()
-    assert await process.wait() == 0
-    return rest
+_stop = stop_agentmesh
 
 
 async def test_up_starts_from_nothing_serves_health_and_stops_cleanly(tmp_path):

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from aiohttp import web
 from google.rpc import error_details_pb2
-from support import Users, database_url, expect_rpc_error, mesh_settings, running_mesh
+from support import (
+    Users,
+    database_url,
+    expect_rpc_error,
+    mesh_settings,
+    running_mesh,
+    start_agentmesh,
+)
 
 from agentmesh.client import Client
 from agentmesh.gen.providers.v1 import providers_pb2 as p
@@ -439,26 +444,26 @@ async def _asked(model: ModelServer, text: str) -> bool:
 async def _serve_runner(
     data_dir: Path, env: dict[str, str]
 ) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agentmesh.cli",
-        "serve",
-        "runner",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **env},
-    )
-    assert process.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert line, "agentmesh serve runner exited early"
-        if match := re.search(r"agentmesh is up on (\S+)", line):
-            return process, match.group(1)
+    args = ("serve", "runner", "--data-dir", str(data_dir), "--port", "0")
+    process, address, _ = await start_agentmesh(*args, env=env, within=60)
+    return process, address
+
+
+def child_env(shared: dict[str, Any], peers: dict[str, str]) -> dict[str, str]:
+    """The settings of a runner process beside the test's core mesh, as its environment."""
+    return {
+        "AGENTMESH_DATABASE_URL": shared["database_url"],
+        "AGENTMESH_NATS_URL": shared["nats_url"],
+        "AGENTMESH_SERVICE_TOKEN": shared["service_token"],
+        "AGENTMESH_PEERS": json.dumps(peers),
+        "AGENTMESH_OUTBOUND_ALLOW": json.dumps(FAST["outbound_allow"]),
+        "OPENAI_API_KEY": "",
+        **{
+            f"AGENTMESH_{name.upper()}": str(value)
+            for name, value in FAST.items()
+            if isinstance(value, float)
+        },
+    }
 
 
 async def test_a_killed_runners_runs_are_taken_over(tmp_path, postgres, gate):
@@ -478,21 +483,7 @@ async def test_a_killed_runners_runs_are_taken_over(tmp_path, postgres, gate):
             mesh_settings(tmp_path / "core", **shared), plugins_named("registry", "providers")
         ) as core:
             peers = {"registry": core.address, "providers": core.address}
-            env = {
-                "AGENTMESH_DATABASE_URL": shared["database_url"],
-                "AGENTMESH_NATS_URL": nats.url,
-                "AGENTMESH_SERVICE_TOKEN": shared["service_token"],
-                "AGENTMESH_PEERS": json.dumps(peers),
-                "AGENTMESH_OUTBOUND_ALLOW": json.dumps(FAST["outbound_allow"]),
-                "OPENAI_API_KEY": "",
-            }
-            env.update(
-                {
-                    f"AGENTMESH_{name.upper()}": str(value)
-                    for name, value in FAST.items()
-                    if isinstance(value, float)
-                }
-            )
+            env = child_env(shared, peers)
             child, child_address = await _serve_runner(tmp_path / "child", env)
             users = Users(core)
             try:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import grpc
 import psycopg
 import pytest
 from files_support import READY, index_file, new_store, search
-from support import expect_rpc_error
+from support import expect_rpc_error, start_agentmesh, stop_agentmesh
 from test_runner import KEY, use_model
 
 from agentmesh.client import Client
@@ -50,37 +47,14 @@ FAST = {
 
 async def _serve(service: str, data_dir: Path, env: dict[str, str], port: int = 0):
     """`agentmesh serve SERVICE` as its own process; returns it and its address."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agentmesh.cli",
-        "serve",
-        service,
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "AGENTMESH_LOG_LEVEL": "WARNING", **env},
-    )
-    assert process.stdout is not None
-    seen: list[str] = []
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
-        assert line, f"agentmesh serve {service} exited early: {seen}"
-        seen.append(line)
-        if match := re.search(r"agentmesh is up on (\S+)", line):
-            return process, match.group(1)
+    args = ("serve", service, "--data-dir", str(data_dir), "--port", str(port))
+    process, address, _ = await start_agentmesh(*args, env=env)
+    return process, address
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return  # killed by its test
-    process.send_signal(signal.SIGTERM)
-    assert process.stdout is not None
-    await asyncio.wait_for(process.stdout.read(), 30)
-    assert await process.wait() == 0
+    if process.returncode is None:  # else killed by its test
+        await stop_agentmesh(process)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ second runner goes on from the last finished step and runs no finished step agai
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 
 from support import Users, database_url, mesh_settings, running_mesh
 from test_runner import KEY as RUNNER_KEY
 from test_runner import Tenant as RunnerTenant
 from test_runner import endpoint, http_tool, use_model  # noqa: F401 - fixtures
-from test_runner_replicas import FAST, KEY, _serve_runner, new_tenant, texts
+from test_runner_replicas import FAST, KEY, _serve_runner, child_env, new_tenant, texts
 
 from agentmesh.client import Client
 from agentmesh.gen.registry.v1 import account_pb2 as a
@@ -67,19 +66,7 @@ async def test_a_killed_runners_workflow_run_goes_on_from_its_last_finished_step
             mesh_settings(tmp_path / "core", **shared), plugins_named("registry", "providers")
         ) as core:
             peers = {"registry": core.address, "providers": core.address}
-            env = {
-                "AGENTMESH_DATABASE_URL": shared["database_url"],
-                "AGENTMESH_NATS_URL": nats.url,
-                "AGENTMESH_SERVICE_TOKEN": shared["service_token"],
-                "AGENTMESH_PEERS": json.dumps(peers),
-                "AGENTMESH_OUTBOUND_ALLOW": json.dumps(FAST["outbound_allow"]),
-                "OPENAI_API_KEY": "",
-                **{
-                    f"AGENTMESH_{name.upper()}": str(value)
-                    for name, value in FAST.items()
-                    if isinstance(value, float)
-                },
-            }
+            env = child_env(shared, peers)
             child, child_address = await _serve_runner(tmp_path / "child", env)
             users = Users(core)
             try:
