@@ -23,15 +23,17 @@ import asyncio
 import logging
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from run_overhead import KEY, user_on_model  # noqa: E402
+
 from agentmesh.client import Client
 from agentmesh.config import Settings
 from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
-from agentmesh.gen.providers.v1 import providers_pb2 as p
-from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.mesh import Mesh
@@ -39,7 +41,6 @@ from agentmesh.model_server import DEFAULT_MODEL, ModelServer, Reply
 from services import PLUGINS
 from services.runner.guarding import OutputGate
 
-KEY = "sk-bench-" + "k" * 24
 ANSWER = (
     "Your order shipped on Monday and should arrive within three business days. "
     "If it does not, reply here and we will look into it with the carrier. "
@@ -67,23 +68,7 @@ GUARDRAILS: dict[str, list[g.Guardrail]] = {
 
 
 async def tenant(mesh: Mesh, data_dir: Path, model_url: str) -> Client:
-    admin = Client(mesh.address, (data_dir / "admin.key").read_text().strip())
-    user = await admin.accounts.CreateUser(a.CreateUserRequest(user=a.User(display_name="bench")))
-    key = await admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
-    await admin.accounts.GrantCredits(a.GrantCreditsRequest(user=user.name, amount=1_000_000_000))
-    await admin.close()
-    client = Client(mesh.address, key.secret)
-    await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="stand-in",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model_url,
-                api_key=KEY,
-                is_default=True,
-            )
-        )
-    )
+    client = await user_on_model(mesh, data_dir, model_url)
     for case, guardrails in GUARDRAILS.items():
         await client.registry.CreateAgent(
             r.CreateAgentRequest(

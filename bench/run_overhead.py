@@ -126,7 +126,8 @@ def sdk_agents(model_url: str, tool_url: str, http: aiohttp.ClientSession) -> di
 # ---- the mesh ----------------------------------------------------------------------------
 
 
-async def mesh_tenant(mesh: Mesh, data_dir: Path, model_url: str, tool_url: str) -> Client:
+async def user_on_model(mesh: Mesh, data_dir: Path, model_url: str) -> Client:
+    """A new user with ample credits whose default provider is the model server."""
     admin = Client(mesh.address, (data_dir / "admin.key").read_text().strip())
     user = await admin.accounts.CreateUser(a.CreateUserRequest(user=a.User(display_name="bench")))
     key = await admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
@@ -144,6 +145,11 @@ async def mesh_tenant(mesh: Mesh, data_dir: Path, model_url: str, tool_url: str)
             )
         )
     )
+    return client
+
+
+async def mesh_tenant(mesh: Mesh, data_dir: Path, model_url: str, tool_url: str) -> Client:
+    client = await user_on_model(mesh, data_dir, model_url)
 
     async def agent(agent_id: str, **fields: Any) -> None:
         await client.registry.CreateAgent(
