@@ -430,7 +430,8 @@ class Gateway:
         self._upstreams = dict(upstreams)
         self._host = host
         self._requested_port = port
-        self._requested_work_dir = Path(work_dir) if work_dir is not None else None
+        # Absolute: Envoy runs in the work dir, where a relative path means another place.
+        self._requested_work_dir = Path(work_dir).resolve() if work_dir is not None else None
         self._startup_timeout = startup_timeout
         self._work_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None

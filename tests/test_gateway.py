@@ -420,3 +420,14 @@ async def test_gateway_answers_its_own_health_check(gateway):
 def test_gateway_needs_a_known_service_name():
     with pytest.raises(ValueError, match="registy"):
         envoy_config({"registy": "127.0.0.1:1"}, [], "x.binpb")
+
+
+async def test_a_gateway_in_a_relative_work_dir_starts(mesh, tmp_path, monkeypatch):
+    """`make run` keeps the gateway under the default data dir, `.agentmesh`: a relative
+    path, which Envoy (running in that directory) must still find."""
+    monkeypatch.chdir(tmp_path)
+    async with Gateway(mesh.address, work_dir=Path(".agentmesh") / "gateway") as running:
+        async with aiohttp.ClientSession(running.url) as session:
+            async with session.get("/healthz") as response:
+                assert response.status == 200
+    assert (tmp_path / ".agentmesh" / "gateway" / "envoy.json").exists()
