@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import DateTime, Engine, Executable, Row, event, text
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -73,19 +80,69 @@ def create_engine(url: str) -> AsyncEngine:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)
     engine = create_async_engine(url, hide_parameters=True)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(connection, _record) -> None:
-        # WAL lets readers run beside the writer; busy_timeout makes concurrent
-        # writers wait for the lock instead of failing.
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets readers run beside the writer; busy_timeout makes concurrent
+    # writers wait for the lock instead of failing.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Reads:
+    """Reads that are one statement, each in one thread hop and outside a transaction.
+
+    Through the async engine a point read costs far more than its query: aiosqlite
+    hops to its thread for every cursor operation, and on Postgres the connection is
+    pinged, and a transaction begun and rolled back, each a round trip. One statement
+    sees one consistent snapshot without any of that: a sync engine on the same
+    database runs it in autocommit on a small thread pool. It is disposed with the
+    async engine it was made from.
+    """
+
+    def __init__(self, engine: AsyncEngine, threads: int = 4):
+        url = engine.url
+        if url.get_backend_name() == "sqlite":
+            url = url.set(drivername="sqlite+pysqlite")
+        # Not pre-pinged: a connection found dead is dropped by the pool and the
+        # read, which changes nothing, tried once more on a fresh one.
+        self._engine: Engine = create_sync_engine(
+            url, isolation_level="AUTOCOMMIT", pool_size=threads, hide_parameters=True
+        )
+        if url.get_backend_name() == "sqlite":
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="db-reads")
+        event.listen(engine.sync_engine, "engine_disposed", lambda _: self.close())
+
+    async def first(self, statement: Executable, params: Mapping | None = None) -> Row | None:
+        return await self._run(lambda conn: conn.execute(statement, params).first())
+
+    async def all(self, statement: Executable, params: Mapping | None = None) -> list[Row]:
+        return await self._run(lambda conn: list(conn.execute(statement, params).all()))
+
+    async def _run(self, read: Callable[[Connection], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._read, read)
+
+    def _read(self, read: Callable[[Connection], _T]) -> _T:
+        try:
+            with self._engine.connect() as conn:
+                return read(conn)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        with self._engine.connect() as conn:
+            return read(conn)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False)
+        self._engine.dispose()
 
 
 def run_migrations_from_env() -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Select, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentmesh.db import Page, fetch_page
+from agentmesh.db import Page, Reads, fetch_page
 from agentmesh.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from services.registry.records import Agent, AgentsNotFound
 from services.registry.tables import (
@@ -88,6 +88,7 @@ def _agent(row) -> Agent:
 class AgentStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._reads = Reads(engine)
 
     async def create_agent(self, agent: Agent, references: Collection[str]) -> None:
         """Raises AlreadyExists, or AgentsNotFound for `references` (ids of the agents
@@ -165,21 +166,20 @@ class AgentStore:
             raise
 
     async def get_agent(self, user_id: str, agent_id: str) -> Agent:
-        async with self.engine.connect() as conn:
-            return await self._get_agent(conn, user_id, agent_id)
+        row = await self._reads.first(_CURRENT_AGENT, {"user_id": user_id, "agent_id": agent_id})
+        if row is None:
+            raise NotFound(_name(agent_id))
+        return _agent(row)
 
     async def get_agent_revision(self, user_id: str, agent_id: str, revision_id: str) -> Agent:
         """The agent as one of its revisions made it (what a pinned run executes)."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    _revisions().where(
-                        AgentRow.user_id == user_id,
-                        AgentRow.id == agent_id,
-                        AgentRevisionRow.id == revision_id,
-                    )
-                )
-            ).first()
+        row = await self._reads.first(
+            _revisions().where(
+                AgentRow.user_id == user_id,
+                AgentRow.id == agent_id,
+                AgentRevisionRow.id == revision_id,
+            )
+        )
         if row is None:
             raise NotFound(f"{_name(agent_id)}@{revision_id}")
         return _agent(row)

@@ -74,8 +74,26 @@ def _definition(message: Message, kept_apart: Iterable[str]) -> dict[str, Any]:
     return json_format.MessageToDict(stored, preserving_proto_field_name=True)
 
 
+# Revisions never change: each one's definition is parsed from JSON (most of a read's
+# CPU) once per process, and kept serialized, which parses back far faster.
+_PARSED_REVISIONS: dict[tuple[str, str, str], bytes] = {}
+_PARSED_REVISIONS_MAX = 4096
+
+
+def _agent_definition(agent: records.Agent) -> registry_pb2.Agent:
+    key = (agent.user_id, agent.id, agent.revision_id)
+    serialized = _PARSED_REVISIONS.get(key)
+    if serialized is None:
+        message = json_format.ParseDict(agent.definition, registry_pb2.Agent())
+        if len(_PARSED_REVISIONS) >= _PARSED_REVISIONS_MAX:
+            _PARSED_REVISIONS.clear()
+        _PARSED_REVISIONS[key] = message.SerializeToString()
+        return message
+    return registry_pb2.Agent.FromString(serialized)
+
+
 def _agent_proto(agent: records.Agent, as_revision: bool = False) -> registry_pb2.Agent:
-    message = json_format.ParseDict(agent.definition, registry_pb2.Agent())
+    message = _agent_definition(agent)
     name = AGENT.format(agent.id)
     message.name = f"{name}@{agent.revision_id}" if as_revision else name
     message.handoffs.extend(AGENT.format(target) for target in agent.handoffs)
