@@ -442,6 +442,32 @@ async def test_an_approved_call_runs_and_the_run_completes(tenant, endpoint):
     assert received == [{"amount": 5}]
 
 
+async def test_what_a_stream_tells_is_stored_before_the_client_hears_it(tenant, endpoint):
+    """A client acting on approval_required or run_finished at once (resolving the
+    approval, reading the run) finds them as the stream said."""
+    base, _ = endpoint
+    agent = await tenant.agent(
+        "streamed-payer", tools=[http_tool("pay", f"{base}/echo", require_approval=True)]
+    )
+    tenant.model.enqueue(Reply(tool_calls=[ToolCall("pay", {"amount": 5})]))
+    told, found = [], []
+    request = rn.RunAgentRequest(agent=agent.name, input="pay it")
+    async for event in tenant.client.runner.StreamRun(request):
+        if event.HasField("approval_required"):
+            told.append(event.approval_required.name)
+            parent = event.approval_required.name.rsplit("/approvals/", 1)[0]
+            listed = await tenant.client.runner.ListApprovals(
+                rn.ListApprovalsRequest(parent=parent)
+            )
+            found.extend(approval.name for approval in listed.approvals)
+        if event.HasField("run_finished"):
+            stored = await tenant.client.runner.GetRun(
+                rn.GetRunRequest(name=event.run_finished.name)
+            )
+            assert stored.state == event.run_finished.state == State.STATE_AWAITING_APPROVAL
+    assert told and found == told
+
+
 async def test_two_racing_decisions_apply_once(tenant, endpoint):
     base, received = endpoint
     run, (approval,) = await _paused(tenant, f"{base}/echo")

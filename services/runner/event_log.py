@@ -49,6 +49,10 @@ class Execution:
     lost: bool = False
     # Writing its end: too late to cancel.
     finishing: bool = False
+    # Events from this position on (the run's end: approvals asked for, run_finished)
+    # are shown only once the run is saved (`done`): no one may act on a pause or an
+    # end, e.g. resolve an approval, before the database has it.
+    held_from: int | None = None
     on_emit: Callable[[Execution], None] = field(default=lambda _: None, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +69,10 @@ class Execution:
         self.on_emit(self)
         return message
 
+    def hold(self) -> None:
+        """Events emitted from now on wait for `done` (see held_from)."""
+        self.held_from = len(self.log)
+
     def unsaved(self) -> list[tuple[int, bytes]]:
         """Events the database may not have yet, (sequence, RunEvent)."""
         return [(e.sequence, e.SerializeToString()) for e in self.log[self.saved - self.base :]]
@@ -75,12 +83,20 @@ class Execution:
         position = max(after - self.base, 0)
         while True:
             self.changed.clear()
-            while position < len(self.log):
+            done = self.done.is_set()
+            while position < self._shown():
                 position += 1
                 yield self.log[position - 1]
-            if self.done.is_set():
+            if done:
                 return
             await self.changed.wait()
+
+    def _shown(self) -> int:
+        """How many events of this leg watchers may see: held ones once saved; never,
+        if the run was lost before it could be."""
+        if self.held_from is None or (self.done.is_set() and not self.lost):
+            return len(self.log)
+        return self.held_from
 
 
 class EventWriter:

@@ -551,6 +551,7 @@ class Executor:
         await self._charge(run, result, metering, hold)
         run.update_time = utc_now()
         run.lease_expire_time, run.reservations = None, []
+        execution.hold()
         for approval in approvals:
             execution.emit(approval_required=approval_proto(approval))
         execution.emit(run_finished=run_proto(run))
@@ -575,6 +576,7 @@ class Executor:
             log.warning("settling credits of runs/%s failed", run.id, exc_info=True)
         run.end_time = run.update_time = utc_now()
         run.lease_expire_time, run.reservations = None, []
+        execution.hold()
         execution.emit(run_finished=run_proto(run))
         saved = await self.store.save_run(
             run,
