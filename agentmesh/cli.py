@@ -30,6 +30,7 @@ from agentmesh.catalog import apply_definitions, list_all_agents, load_definitio
 from agentmesh.cli_common import Key, KeyFile, Target, async_command, client_for, err, out
 from agentmesh.cli_files import files_app
 from agentmesh.cli_traces import traces_app
+from agentmesh.cli_triggers import schedules_app, triggers_app, webhooks_app
 from agentmesh.cli_workflows import workflows_app
 from agentmesh.client import Client
 from agentmesh.config import Settings
@@ -54,6 +55,10 @@ State = runner_pb2.Run.State
 DataDir = Annotated[Path | None, typer.Option(help="Default .agentmesh")]
 Port = Annotated[int | None, typer.Option(help="Default 50051; 0 picks a free port")]
 Host = Annotated[str | None, typer.Option(help="Default 127.0.0.1")]
+HttpPort = Annotated[
+    int | None,
+    typer.Option(help="The OpenAI API, A2A, MCP and webhooks; default 8081 (free with --port 0)"),
+]
 
 
 def _settings(data_dir: Path | None, port: int | None, host: str | None, **more: Any) -> Settings:
@@ -82,6 +87,7 @@ def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: 
                 gateway = await in_front.enter_async_context(
                     Gateway(
                         mesh.address,
+                        http=mesh.http_address,
                         host=settings.host,
                         port=settings.gateway_port,
                         work_dir=settings.data_dir / "gateway",
@@ -91,6 +97,8 @@ def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: 
                 await after_start(mesh)
             async with termination_signal() as stop:
                 out.print(f"agentmesh is up on {mesh.address} (Ctrl-C or SIGTERM to stop)")
+                if mesh.http_url:
+                    out.print(f"HTTP APIs (OpenAI, A2A, MCP, webhooks) on {mesh.http_url}")
                 if gateway is not None:
                     key = f"$(cat {settings.data_dir / 'admin.key'})"
                     out.print(f"REST, gRPC-Web and gRPC through Envoy on {gateway.url}, e.g.")
@@ -113,6 +121,7 @@ def up(
     data_dir: DataDir = None,
     port: Port = None,
     host: Host = None,
+    http_port: HttpPort = None,
     apply: Annotated[Path | None, typer.Option(help="Agent definitions (JSON) to apply")] = None,
     ask: Annotated[
         tuple[str, str] | None, typer.Option(help="Run AGENT on TEXT once up, and print it")
@@ -125,7 +134,9 @@ def up(
     ] = None,
 ) -> None:
     """Every service, on one port, on embedded defaults."""
-    settings = _settings(data_dir, port, host, gateway=gateway, gateway_port=gateway_port)
+    settings = _settings(
+        data_dir, port, host, http_port=http_port, gateway=gateway, gateway_port=gateway_port
+    )
     definitions = load_definitions(apply) if apply else None
 
     async def after_start(mesh: Mesh) -> None:
@@ -152,13 +163,14 @@ def serve(
     data_dir: DataDir = None,
     port: Port = None,
     host: Host = None,
+    http_port: HttpPort = None,
 ) -> None:
     """One service alone, for a split deployment."""
     try:
         plugins = plugins_named(name)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    _serve(_settings(data_dir, port, host), plugins)
+    _serve(_settings(data_dir, port, host, http_port=http_port), plugins)
 
 
 # ---- agents ---------------------------------------------------------------------------
@@ -403,6 +415,9 @@ async def approvals_reject(
 app.add_typer(traces_app, name="traces")
 app.add_typer(files_app, name="files")
 app.add_typer(workflows_app, name="workflows")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(triggers_app, name="triggers")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2_grpc
 from agentmesh.gen.providers.v1 import providers_pb2_grpc
 from agentmesh.gen.registry.v1 import account_pb2_grpc, registry_pb2_grpc, workflows_pb2_grpc
 from agentmesh.gen.runner.v1 import runner_pb2_grpc
+from agentmesh.gen.triggers.v1 import schedules_pb2_grpc, triggers_pb2_grpc, webhooks_pb2_grpc
 
 
 class _AddMetadata:
@@ -73,6 +74,9 @@ class Client:
         self.runner = runner_pb2_grpc.RunnerServiceStub(self.channel)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.guardrails = guardrails_pb2_grpc.GuardrailServiceStub(self.channel)
+        self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
+        self.triggers = triggers_pb2_grpc.TriggerServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()

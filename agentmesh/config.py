@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".agentmesh")
     host: str = "127.0.0.1"
     port: int = 50051
+    # The HTTP APIs services serve beside gRPC (the OpenAI-compatible API, A2A, MCP,
+    # webhooks). With port 0 (a mesh on free ports, as tests make) it takes a free
+    # port too.
+    http_port: int = 8081
     # SQLAlchemy URL template; {service} and {data_dir} are filled in so that each
     # service owns its own database. Production: postgresql+psycopg://.../{service}
     database_url: str = "sqlite+aiosqlite:///{data_dir}/{service}.db"
@@ -114,6 +118,28 @@ class Settings(BaseSettings):
     trace_flush_seconds: float = 1.0
     trace_retention_days: float = 0.0
     otlp_endpoint: str = ""
+
+    # Triggers: every triggers replica looks for due schedule ticks every
+    # schedule_poll_seconds; a tick found more than schedule_grace_seconds late is
+    # missed, and its schedule's missed-tick policy says what happens.
+    schedule_poll_seconds: float = 1.0
+    schedule_grace_seconds: float = 60.0
+    # Outbound webhooks: each attempt may take webhook_timeout_seconds; a failed one
+    # is tried again after webhook_backoff_seconds, doubling each time up to
+    # webhook_backoff_max_seconds; after webhook_attempts attempts the delivery is
+    # dead. Pending deliveries are looked for every webhook_poll_seconds.
+    webhook_timeout_seconds: float = 10.0
+    webhook_backoff_seconds: float = 5.0
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_attempts: int = 8
+    webhook_poll_seconds: float = 1.0
+    # Inbound webhooks: how far a request's timestamp may be from the clock (and how
+    # long its webhook-id is remembered against replays), and the largest body.
+    hook_tolerance_seconds: float = 300.0
+    hook_max_bytes: int = 1024 * 1024
+
+    def resolved_http_port(self) -> int:
+        return 0 if self.port == 0 else self.http_port
 
     def database_url_for(self, service: str) -> str:
         return self.database_url.format(service=service, data_dir=self.data_dir)

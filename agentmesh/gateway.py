@@ -37,7 +37,14 @@ from agentmesh.processes import terminate_with_parent, venv_binary
 
 # The deployable services, one Envoy cluster each; a gRPC service belongs to the
 # one its package names (agentmesh.<service>.v1).
-SERVICES = ("registry", "runner", "guardrails", "providers", "files", "traces")
+SERVICES = ("registry", "runner", "guardrails", "providers", "files", "traces", "triggers")
+
+# What services serve over plain HTTP (agentmesh/http.py), by path prefix; each
+# such service has a cluster of its HTTP port, "<service>-http".
+HTTP_PATHS = {"/v1/": "reach", "/a2a/": "reach", "/mcp": "reach", "/hooks/": "triggers"}
+HTTP_SERVICES = tuple(dict.fromkeys(HTTP_PATHS.values()))
+# Every service deployed on its own (`agentmesh serve NAME`): reach serves only HTTP.
+DEPLOYABLE = tuple(dict.fromkeys((*SERVICES, *HTTP_SERVICES)))
 
 # A unary call that takes longer is answered 504 by the gateway. A synchronous run
 # lasts as long as the agent works, so the runner's limit is longer.
@@ -139,7 +146,6 @@ def _socket_address(target: str) -> dict[str, Any]:
 
 
 def _cluster(name: str, target: str | None, health_service: str) -> dict[str, Any]:
-    endpoints = [{"endpoint": {"address": _socket_address(target)}}] if target else []
     http2 = _typed(
         "extensions.upstreams.http.v3.HttpProtocolOptions",
         # gRPC upstream whatever the client spoke (REST and gRPC-Web are HTTP/1.1);
@@ -151,6 +157,37 @@ def _cluster(name: str, target: str | None, health_service: str) -> dict[str, An
         },
     )
     return {
+        **_upstream(name, target),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
+        },
+        # The standard gRPC health service: a pod leaves the rotation as soon as it
+        # reports NOT_SERVING (graceful shutdown), before its endpoint disappears.
+        "health_checks": [
+            {**_HEALTH_TIMING, "grpc_health_check": {"service_name": health_service}}
+        ],
+    }
+
+
+def _http_cluster(name: str, target: str | None) -> dict[str, Any]:
+    """A service's HTTP side (HTTP/1.1, what uvicorn speaks), checked by GET /healthz."""
+    return {
+        **_upstream(name, target),
+        "health_checks": [{**_HEALTH_TIMING, "http_health_check": {"path": "/healthz"}}],
+    }
+
+
+_HEALTH_TIMING = {
+    "timeout": "2s",
+    "interval": "5s",
+    "unhealthy_threshold": 2,
+    "healthy_threshold": 1,
+}
+
+
+def _upstream(name: str, target: str | None) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _socket_address(target)}}] if target else []
+    return {
         "name": name,
         # DNS names (Kubernetes' headless Services: one address per pod) and IPs
         # alike, looked up again every few seconds as pods come and go.
@@ -158,21 +195,7 @@ def _cluster(name: str, target: str | None, health_service: str) -> dict[str, An
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "5s",
         "lb_policy": "ROUND_ROBIN",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
-        },
         "circuit_breakers": {"thresholds": [{"max_requests": MAX_REQUESTS_PER_CLUSTER}]},
-        # The standard gRPC health service: a pod leaves the rotation as soon as it
-        # reports NOT_SERVING (graceful shutdown), before its endpoint disappears.
-        "health_checks": [
-            {
-                "timeout": "2s",
-                "interval": "5s",
-                "unhealthy_threshold": 2,
-                "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_service},
-            }
-        ],
         # A service not deployed (no target) has no endpoints: Envoy answers 503,
         # which gRPC clients see as UNAVAILABLE.
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
@@ -235,6 +258,10 @@ def _routes(services: list[GrpcService]) -> list[dict[str, Any]]:
             "route": _route("registry", UNARY_TIMEOUT_SECONDS),
         }
     )
+    # The HTTP APIs (the OpenAI API, A2A, MCP, webhooks) stream as long as a run
+    # does: no route timeout, only the idle one.
+    for prefix, http_service in HTTP_PATHS.items():
+        routes.append({"match": {"prefix": prefix}, "route": _route(f"{http_service}-http", 0)})
     routes.append({"match": {"prefix": "/"}, "direct_response": _not_found("no such API path")})
     return routes
 
@@ -318,16 +345,21 @@ def envoy_config(
     services: list[GrpcService],
     descriptor_path: str,
     *,
+    http_upstreams: Mapping[str, str] | None = None,
     listen: str = "127.0.0.1:0",
     admin: str = "127.0.0.1:0",
     cors_origins: tuple[str, ...] = ("*",),
 ) -> dict[str, Any]:
-    """The Envoy bootstrap; `upstreams` maps each deployable service to host:port.
+    """The Envoy bootstrap; `upstreams` maps each deployable service to the host:port
+    of its gRPC side, `http_upstreams` each service that serves HTTP to its HTTP side.
 
-    A service missing from `upstreams` gets a cluster with no endpoints (503).
+    A service missing from either gets a cluster with no endpoints (503).
     Envoy reads `descriptor_path` relative to its working directory.
     """
-    if unknown := set(upstreams) - set(SERVICES):
+    http_upstreams = http_upstreams or {}
+    # A service with no gRPC API (reach) may be named: its gRPC side serves only
+    # health, which the gateway does not route.
+    if unknown := set(upstreams) - set(DEPLOYABLE) | set(http_upstreams) - set(HTTP_SERVICES):
         raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
     # Each cluster's health check asks for one of the gRPC services it serves.
     health_service: dict[str, str] = {}
@@ -396,8 +428,14 @@ def envoy_config(
                 }
             ],
             "clusters": [
-                _cluster(name, upstreams.get(name), health_service.get(name, ""))
-                for name in SERVICES
+                *(
+                    _cluster(name, upstreams.get(name), health_service.get(name, ""))
+                    for name in SERVICES
+                ),
+                *(
+                    _http_cluster(f"{name}-http", http_upstreams.get(name))
+                    for name in HTTP_SERVICES
+                ),
             ],
         },
     }
@@ -411,7 +449,8 @@ class Gateway:
     """Envoy on this machine in front of a running mesh, owned by this process.
 
     `upstreams` is the mesh's address (every service in one process) or a map from
-    service name to address (services apart). With `port` 0 the kernel picks one,
+    service name to address (services apart); `http` likewise for the services' HTTP
+    side (agentmesh/http.py), if any. With `port` 0 the kernel picks one,
     read back once Envoy listens. Without `work_dir` a temporary directory holds
     the config, the descriptor and Envoy's log, and is removed on stop().
     """
@@ -420,6 +459,7 @@ class Gateway:
         self,
         upstreams: str | Mapping[str, str],
         *,
+        http: str | Mapping[str, str] = "",
         host: str = "127.0.0.1",
         port: int = 0,
         work_dir: str | os.PathLike[str] | None = None,
@@ -427,7 +467,10 @@ class Gateway:
     ) -> None:
         if isinstance(upstreams, str):
             upstreams = dict.fromkeys(SERVICES, upstreams)
+        if isinstance(http, str):
+            http = dict.fromkeys(HTTP_SERVICES, http) if http else {}
         self._upstreams = dict(upstreams)
+        self._http_upstreams = dict(http)
         self._host = host
         self._requested_port = port
         # Absolute: Envoy runs in the work dir, where a relative path means another place.
@@ -519,6 +562,7 @@ class Gateway:
             self._upstreams,
             grpc_services(descriptor),
             "agentmesh.binpb",  # relative to Envoy's working directory, the work dir
+            http_upstreams=self._http_upstreams,
             listen=f"{self._host}:{self._requested_port}",
         )
         config_path = self._work_dir / "envoy.json"

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from agentmesh.auth import USER_HEADER, Authenticator, Principal, current_principal_or_none
 from agentmesh.client import bearer, metadata_interceptors
@@ -30,6 +31,7 @@ from agentmesh.db import open_database
 from agentmesh.errors import Unavailable
 from agentmesh.events import EventBus
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, events_pb2
+from agentmesh.http import HttpServer
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.paging import Pages
 from agentmesh.server import GrpcServer
@@ -39,10 +41,12 @@ log = logging.getLogger("agentmesh")
 
 
 class MeshService:
-    """What a plugin's factory returns: servicers to serve, and what to stop."""
+    """What a plugin's factory returns: servicers to serve, HTTP routes to serve
+    beside them (agentmesh/http.py), and what to stop."""
 
-    def __init__(self, *servicers: object):
+    def __init__(self, *servicers: object, http: Sequence[BaseRoute] = ()):
         self.servicers = list(servicers)
+        self.http = list(http)
 
     async def stop(self) -> None:
         """Stops background work and closes what the service opened."""
@@ -118,10 +122,12 @@ class Mesh:
         self.settings = settings
         self.plugins = list(plugins)
         self.port = 0
+        self.http_port = 0  # 0: no service serves HTTP
         self.nats_url = ""
         self._nats: EmbeddedNats | None = None
         self._events: EventBus | None = None
         self._server: GrpcServer | None = None
+        self._http: HttpServer | None = None
         self.services: dict[str, MeshService] = {}
         self._databases: list[AsyncEngine] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -130,6 +136,16 @@ class Mesh:
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_address(self) -> str:
+        """host:port of the services' HTTP routes; empty when none has any."""
+        host = self.settings.host.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+        return f"{host}:{self.http_port}" if self.http_port else ""
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}" if self.http_port else ""
 
     @property
     def events(self) -> EventBus:
@@ -169,7 +185,14 @@ class Mesh:
             for servicer in service.servicers:
                 self._server.add(servicer)
         await self._server.start()
+        routes = [route for service in self.services.values() for route in service.http]
+        if routes:
+            self._http = HttpServer(routes)
+            self.http_port = self._http.bind(settings.host, settings.resolved_http_port())
+            await self._http.start()
         log.info("agentmesh serving %s on %s", ", ".join(self.services), self.address)
+        if self.http_port:
+            log.info("HTTP APIs on %s", self.http_url)
 
     async def _lookup_key(self, key: str) -> Principal | None:
         # Keys are checked by asking the registry over gRPC, also when it shares
@@ -206,6 +229,8 @@ class Mesh:
         Each step has a deadline: a part that does not stop in time is named in the
         log and left behind, so a process being shut down always goes.
         """
+        if self._http is not None:
+            await self._within("the HTTP server", self._http.stop())
         if self._server is not None:
             await self._within("the gRPC server", self._server.stop())
         for channel in self._channels.values():

@@ -5,13 +5,15 @@ entry here: `agentmesh up`, `agentmesh serve NAME` and the tests all read this l
 """
 
 from agentmesh.mesh import ServicePlugin
-from services import files, guardrails, providers, registry, runner, traces
+from services import files, guardrails, providers, reach, registry, runner, traces, triggers
 
 PLUGINS: tuple[ServicePlugin, ...] = (
     registry.plugin,
     providers.plugin,
     files.plugin,
     runner.plugin,
+    reach.plugin,
+    triggers.plugin,
     guardrails.plugin,
     traces.plugin,
 )

@@ -189,7 +189,7 @@ async def mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
 
 @pytest.fixture(scope="module")
 async def gateway(mesh) -> AsyncIterator[Gateway]:
-    async with Gateway(mesh.address) as running:
+    async with Gateway(mesh.address, http=mesh.http_address) as running:
         yield running
 
 
@@ -307,6 +307,28 @@ async def test_rest_streams_a_run_as_server_sent_events(http):
     # An error before the first event is a plain REST error.
     async with http.post("/api/v1/agents/missing/run:stream", json={"input": "hi"}) as response:
         assert (await _json(response, 404))["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_the_http_apis_are_routed_to_their_service(http, gateway):
+    """The OpenAI API and A2A (reach's HTTP side) through the gateway, streams too."""
+    async with http.post("/api/v1/agents", json={"displayName": "Reachable"}) as response:
+        agent = await _json(response, 200)
+    body = {"model": "Reachable", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post("/v1/chat/completions", json=body) as response:
+        completion = await _json(response, 200)
+    assert completion["choices"][0]["message"]["content"]
+    async with http.post("/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line.strip() async for line in response.content if line.startswith(b"data: ")]
+    assert len(lines) > 2 and lines[-1] == b"data: [DONE]"
+    async with http.get(f"/a2a/{agent['name']}/.well-known/agent-card.json") as response:
+        card = await _json(response, 200)
+    # The card names its endpoint as the caller reached it: through the gateway.
+    assert card["name"] == "Reachable"
+    assert f"{gateway.url}/a2a/{agent['name']}" in json.dumps(card)
+    async with http.get("/v1/models", headers={"authorization": "Bearer wrong"}) as response:
+        assert response.status == 401
+        assert "error" in await response.json()
 
 
 def _grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:

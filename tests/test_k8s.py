@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agentmesh.gateway import SERVICES
+from agentmesh.gateway import DEPLOYABLE, HTTP_SERVICES
 
 REPO = Path(__file__).resolve().parent.parent
 BUF = REPO / ".tools" / "node_modules" / ".bin" / "buf"
@@ -33,13 +33,16 @@ OVERLAYS = sorted(path.name for path in (REPO / "deploy" / "k8s" / "overlays").i
 MAX_APPLIED_OBJECT_BYTES = 256 * 1024
 # The callers each service must accept, and only those (DESIGN.md section 1).
 CALLERS = {
-    "registry": {"gateway", *SERVICES},  # every service checks API keys with it
+    "registry": {"gateway", *DEPLOYABLE},  # every service checks API keys with it
     "providers": {"gateway", "runner", "files", "registry"},  # registry: web search checks
-    "runner": {"gateway", "guardrails"},
+    "runner": {"gateway", "guardrails", "reach", "triggers"},
     "guardrails": {"gateway", "runner"},
     "files": {"gateway", "runner"},
     "traces": {"gateway"},
+    "triggers": {"gateway"},
+    "reach": set(),  # its gRPC port serves only health, to the kubelet
 }
+HTTP_PORT = 8081
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +106,15 @@ def test_every_grpc_port_has_grpc_probes_on_it(rendered, overlay):
                     assert container[probe]["grpc"]["port"] == port["containerPort"], (
                         f"{name}: {probe} does not ask gRPC health on port {port['containerPort']}"
                     )
-    assert grpc_ports == len(SERVICES)
+    assert grpc_ports == len(DEPLOYABLE)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_service_runs_from_the_one_image_hardened(rendered, overlay):
     deployments = {
-        name: template for name, template in _pods(rendered[overlay]) if name in SERVICES
+        name: template for name, template in _pods(rendered[overlay]) if name in DEPLOYABLE
     }
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(DEPLOYABLE)
     images = set()
     for name, template in deployments.items():
         (container,) = template["spec"]["containers"]
@@ -226,17 +229,23 @@ def test_network_policies_let_only_callers_in(rendered, overlay):
     assert _reaches(policies, outside, pods["gateway"], 8080)
     for target, callers in CALLERS.items():
         assert not _reaches(policies, outside, pods[target], 50051), f"outside -> {target}"
-        for caller in ("gateway", *SERVICES):
+        for caller in ("gateway", *DEPLOYABLE):
             allowed = _reaches(policies, pods[caller], pods[target], 50051)
             assert allowed == (caller in callers), f"{caller} -> {target}: {allowed}"
+    # The HTTP APIs: from the gateway only.
+    for target in HTTP_SERVICES:
+        assert not _reaches(policies, outside, pods[target], HTTP_PORT), f"outside -> {target}"
+        for caller in ("gateway", *DEPLOYABLE):
+            allowed = _reaches(policies, pods[caller], pods[target], HTTP_PORT)
+            assert allowed == (caller == "gateway"), f"{caller} -> {target} http: {allowed}"
     for dependency, port, users in (
-        ("nats", 4222, set(SERVICES)),
-        ("postgres", 5432, set(SERVICES) - {"guardrails"}),
+        ("nats", 4222, set(DEPLOYABLE)),
+        ("postgres", 5432, set(DEPLOYABLE) - {"guardrails", "reach"}),
         ("milvus", 19530, {"files"}),
         ("openbao", 8200, {"providers"}),
     ):
         if dependency not in pods:  # the cluster's own, outside the namespace
             continue
-        for caller in ("gateway", *SERVICES):
+        for caller in ("gateway", *DEPLOYABLE):
             allowed = _reaches(policies, pods[caller], pods[dependency], port)
             assert allowed == (caller in users), f"{caller} -> {dependency}: {allowed}"

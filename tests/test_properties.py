@@ -93,6 +93,9 @@ from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.registry.v1 import workflows_pb2 as w
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
+from agentmesh.gen.triggers.v1 import schedules_pb2 as sc
+from agentmesh.gen.triggers.v1 import triggers_pb2 as tr
+from agentmesh.gen.triggers.v1 import webhooks_pb2 as wh
 from agentmesh.mesh import Mesh
 
 Code = grpc.StatusCode
@@ -1072,8 +1075,9 @@ class World:
 async def make_tenant(world_users: Users, service: Client, with_runs: bool) -> Tenant:
     """A user with credits who owns one of everything: two agents (one with two
     revisions, a context and a handoff to the other, which has a tool that needs
-    approval), a workflow, a provider, a spare API key, a credit reservation and, with
-    `with_runs`, a finished run and one paused for an approval."""
+    approval), a workflow, a provider, a spare API key, a credit reservation, an hourly
+    schedule, a webhook subscription, an inbound trigger and, with `with_runs`, a
+    finished run and one paused for an approval."""
     client, user = await world_users.new(credits=1_000_000)
     tenant = Tenant(client, user)
     tool = r.Tool(
@@ -1146,6 +1150,28 @@ async def make_tenant(world_users: Users, service: Client, with_runs: bool) -> T
         keys(),
         service.accounts.ReserveCredits(a.ReserveCreditsRequest(user=user.name, amount=7)),
     )
+    hourly = duration_pb2.Duration(seconds=3600)
+    schedule, subscription, trigger = await asyncio.gather(
+        client.schedules.CreateSchedule(
+            sc.CreateScheduleRequest(
+                schedule=sc.Schedule(
+                    display_name="hourly", target=target.name, input="tick", interval=hourly
+                )
+            )
+        ),
+        client.webhooks.CreateSubscription(
+            wh.CreateSubscriptionRequest(
+                subscription=wh.Subscription(
+                    url=NOWHERE, event_types=[wh.EVENT_TYPE_RUN_FAILED], agent=target.name
+                )
+            )
+        ),
+        client.triggers.CreateTrigger(
+            tr.CreateTriggerRequest(trigger=tr.Trigger(target=target.name))
+        ),
+    )
+    # Paused, as settled_snapshot would make it (at the cost of a wait) before reading.
+    await client.schedules.PauseSchedule(sc.PauseScheduleRequest(name=schedule.name))
     tenant.protected += [key.name.rpartition("/")[2] for key in in_use.api_keys]
     tenant.own(
         user.name,
@@ -1161,8 +1187,11 @@ async def make_tenant(world_users: Users, service: Client, with_runs: bool) -> T
         f"users/me/apiKeys/{spare.name.rpartition('/')[2]}",
         f"{user.name}/creditBalance",
         reservation.name,
+        schedule.name,
+        subscription.name,
+        trigger.name,
     )
-    tenant.secrets += [spare.secret]
+    tenant.secrets += [spare.secret, subscription.secret, trigger.secret]
     if with_runs:
         run, paused = await asyncio.gather(
             client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="hello")),
@@ -1258,6 +1287,12 @@ async def snapshot(client: Client) -> dict[str, Any]:
         "workflow runs": answer_or_code(
             client.runner.ListWorkflowRuns(rn.ListWorkflowRunsRequest(page_size=page))
         ),
+        "schedules": client.schedules.ListSchedules(sc.ListSchedulesRequest(page_size=page)),
+        # Not their deliveries: those are made and tried again on their own.
+        "subscriptions": client.webhooks.ListSubscriptions(
+            wh.ListSubscriptionsRequest(page_size=page)
+        ),
+        "triggers": client.triggers.ListTriggers(tr.ListTriggersRequest(page_size=page)),
     }
     async with asyncio.timeout(CALL_TIMEOUT):  # a read that hangs fails the test
         state = dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))
@@ -1281,8 +1316,15 @@ async def snapshot(client: Client) -> dict[str, Any]:
 
 async def settled_snapshot(client: Client, within: float = 10.0) -> dict[str, Any]:
     """The state once no run of the user is still going (a call that succeeded may
-    leave work behind it, e.g. a resumed run)."""
+    leave work behind it, e.g. a resumed run). The user's schedules are paused first:
+    a schedule that fires changes the state by itself."""
     deadline = time.monotonic() + within
+    schedules = await client.schedules.ListSchedules(sc.ListSchedulesRequest(page_size=1000))
+    firing = [schedule.name for schedule in schedules.schedules if not schedule.paused]
+    for name in firing:
+        await client.schedules.PauseSchedule(sc.PauseScheduleRequest(name=name))
+    if firing:
+        await asyncio.sleep(0.3)  # a tick claimed before the pause starts its run
     while True:
         state = await snapshot(client)
         workflow_runs = getattr(state["workflow runs"], "workflow_runs", [])

@@ -7,11 +7,13 @@ the network is never connected to."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -72,22 +74,34 @@ class McpServer:
     calls: Calls
 
 
-@pytest.fixture(scope="module")
-async def mcp_server() -> AsyncIterator[McpServer]:
-    calls = Calls()
-    app = _mcp_app(calls).streamable_http_app(stateless_http=True, json_response=True)
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """An ASGI app served by uvicorn on a free port of 127.0.0.1: its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
-            await asyncio.sleep(0.02)
-    yield McpServer(f"http://127.0.0.1:{port}/mcp", calls)
-    server.should_exit = True
-    await task
-    sock.close()
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+                await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def streamable_app(server: MCPServer) -> Any:
+    return server.streamable_http_app(stateless_http=True, json_response=True)
+
+
+@pytest.fixture(scope="module")
+async def mcp_server() -> AsyncIterator[McpServer]:
+    calls = Calls()
+    async with serving(streamable_app(_mcp_app(calls))) as base_url:
+        yield McpServer(f"{base_url}/mcp", calls)
 
 
 @pytest.fixture

@@ -2,18 +2,21 @@
 (the runner twice), one Postgres with a database per service, one NATS, and Envoy in
 front with a cluster per service. Clients see one API, REST and gRPC, as with one
 process: agents and providers, runs (sync, streamed, background), files and search,
-traces; and a runner replica killed mid-run is survived."""
+traces, the OpenAI-compatible API and inbound webhooks over HTTP; and a runner replica
+killed mid-run is survived."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import grpc
+import openai
 import psycopg
 import pytest
 from files_support import READY, index_file, new_store, search
@@ -27,13 +30,16 @@ from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.gen.traces.v1 import traces_pb2 as t
 from agentmesh.gen.traces.v1 import traces_pb2_grpc
+from agentmesh.gen.triggers.v1 import triggers_pb2 as tg
 from agentmesh.model_server import ModelServer, Reply
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.processes import free_port
 from agentmesh.testing.postgres import TemporaryPostgres
 from services import plugins_named
+from services.triggers.signatures import sign
 
-SERVICES = ("registry", "providers", "runner", "guardrails", "files", "traces")
+SERVICES = ("registry", "providers", "runner", "guardrails", "files", "traces", "triggers", "reach")
+HTTP = ("triggers", "reach")  # they serve HTTP too, each on a port of its own
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 State = rn.Run.State
 # Leases short enough that a killed replica's run is taken over within seconds.
@@ -45,9 +51,12 @@ FAST = {
 }
 
 
-async def _serve(service: str, data_dir: Path, env: dict[str, str], port: int = 0):
+async def _serve(
+    service: str, data_dir: Path, env: dict[str, str], port: int = 0, http_port: int = 0
+):
     """`agentmesh serve SERVICE` as its own process; returns it and its address."""
     args = ("serve", service, "--data-dir", str(data_dir), "--port", str(port))
+    args += ("--http-port", str(http_port)) if http_port else ()
     process, address, _ = await start_agentmesh(*args, env=env)
     return process, address
 
@@ -74,6 +83,7 @@ async def split_mesh(
         postgres.create_database(f"split_{service}")
     ports = {name: free_port() for name in (*SERVICES, "runner-b")}
     peers = {service: f"127.0.0.1:{ports[service]}" for service in SERVICES}
+    http = {service: f"127.0.0.1:{free_port()}" for service in HTTP}
     async with EmbeddedNats(root / "nats") as nats:
         shared = {
             "AGENTMESH_SERVICE_TOKEN": "split-mode-service-token",
@@ -94,13 +104,19 @@ async def split_mesh(
             names = [s for s in SERVICES if s != "registry"] + ["runner-b"]
             started = await asyncio.gather(
                 *(
-                    _serve(name.removesuffix("-b"), root / name, shared, ports[name])
+                    _serve(
+                        name.removesuffix("-b"),
+                        root / name,
+                        shared,
+                        ports[name],
+                        int(http[name].rpartition(":")[2]) if name in http else 0,
+                    )
                     for name in names
                 )
             )
             for name, (process, _) in zip(names, started, strict=True):
                 processes[name] = process
-            async with Gateway(peers) as gateway:
+            async with Gateway(peers, http=http) as gateway:
                 admin_key = (root / "registry" / "admin.key").read_text().strip()
                 async with Client(gateway.address, admin_key) as admin:
                     await use_model(admin, model)
@@ -186,7 +202,7 @@ async def _trace(client: Client, name: str) -> t.Trace | None:
 
 def test_each_service_migrated_its_own_database(split_mesh, postgres):
     keeping = [plugin.name for plugin in plugins_named(*SERVICES) if plugin.migrations]
-    assert "guardrails" not in keeping and len(keeping) == len(SERVICES) - 1
+    assert {"guardrails", "reach"}.isdisjoint(keeping) and len(keeping) == len(SERVICES) - 2
     for service in keeping:
         with psycopg.connect(postgres.url(f"split_{service}", driver="postgresql")) as db:
             tables = {
@@ -224,6 +240,42 @@ async def test_runs_sync_and_streamed_through_the_gateway_and_their_traces(split
         trace = await _eventually(lambda: _trace(client, run.trace))
         assert (trace.run, trace.agent) == (run.name, agent.name)
         assert {"agent", "generation"} <= {span.type for span in trace.spans}
+
+
+async def test_the_http_apis_through_the_gateway(split_mesh, model):
+    """An agent over the OpenAI API (reach's process), and a run an inbound webhook
+    starts (triggers' process), each on its own HTTP port behind the one gateway."""
+    gateway, key = split_mesh["gateway"], split_mesh["admin_key"]
+    async with Client(gateway.address, key) as client:
+        agent = await client.registry.CreateAgent(
+            r.CreateAgentRequest(agent=r.Agent(display_name="Reached"), agent_id="reached")
+        )
+        model.enqueue(Reply(text="over the OpenAI API"))
+        openai_client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key)
+        completion = await openai_client.chat.completions.create(
+            model="Reached", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert completion.choices[0].message.content == "over the OpenAI API"
+
+        trigger = await client.triggers.CreateTrigger(
+            tg.CreateTriggerRequest(trigger=tg.Trigger(display_name="hook", target=agent.name))
+        )
+        body = b"from a webhook"
+        model.enqueue(Reply(text="hooked"))
+        stamp = int(time.time())
+        headers = {
+            "webhook-id": "msg-1",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(trigger.secret, "msg-1", stamp, body),
+        }
+        async with (
+            aiohttp.ClientSession(gateway.url) as http,
+            http.post(trigger.path, data=body, headers=headers) as got,
+        ):
+            assert got.status == 202, await got.text()
+            run_name = (await got.json())["run"]
+        run = await _eventually(lambda: _ended(client, run_name))
+        assert (run.input, run.final_output) == ("from a webhook", "hooked")
 
 
 async def test_a_file_is_uploaded_indexed_and_searched_through_the_gateway(split_mesh):

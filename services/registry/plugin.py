@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agentmesh.config import write_private_file
 from agentmesh.mesh import MeshContext, MeshService
+from agentmesh.sealing import MCP_AUTHORIZATIONS, Sealer
 from services.registry.provider_types import ProviderTypes
 from services.registry.servicer import AccountServicer, RegistryServicer, WorkflowServicer
 from services.registry.store import RegistryStore
@@ -24,6 +25,7 @@ class Registry(MeshService):
                 store,
                 context.events,
                 context.pages,
+                Sealer(context.settings.resolved_service_token(), MCP_AUTHORIZATIONS),
                 context.settings.outbound_allow,
                 ProviderTypes(context.peer("providers")),
             ),

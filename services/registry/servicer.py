@@ -3,11 +3,16 @@
 Definitions are checked as typed protos (checks.py, workflows.py) and stored as
 their JSON form; references to other agents are checked by the store, in the
 write's own transaction, and reported here at the fields that named them.
+
+An MCP tool's authorization is write-only: stored sealed for its user (in the
+definition, so revisions and rollbacks keep it), never returned to a user (reads
+say has_authorization), and given sealed only to a service reading one agent
+(the runner, which opens it to connect).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -33,6 +38,7 @@ from agentmesh.gen.registry.v1 import (
 from agentmesh.ids import new_id, new_revision_id, utc_now
 from agentmesh.names import ResourceName
 from agentmesh.paging import Pages
+from agentmesh.sealing import Sealer
 from services.registry import records
 from services.registry.api_keys import hash_key
 from services.registry.checks import (
@@ -92,8 +98,17 @@ def _agent_definition(agent: records.Agent) -> registry_pb2.Agent:
     return registry_pb2.Agent.FromString(serialized)
 
 
-def _agent_proto(agent: records.Agent, as_revision: bool = False) -> registry_pb2.Agent:
+def _agent_proto(
+    agent: records.Agent, as_revision: bool = False, sealed: bool = False
+) -> registry_pb2.Agent:
+    """The agent as a reader sees it: MCP authorizations hidden (has_authorization
+    says which tools have one), or still `sealed` for a service that will open them."""
     message = _agent_definition(agent)
+    for tool in message.tools:
+        if tool.WhichOneof("kind") == "mcp":
+            tool.mcp.has_authorization = bool(tool.mcp.authorization)
+            if not sealed:
+                tool.mcp.ClearField("authorization")
     name = AGENT.format(agent.id)
     message.name = f"{name}@{agent.revision_id}" if as_revision else name
     message.handoffs.extend(AGENT.format(target) for target in agent.handoffs)
@@ -103,6 +118,16 @@ def _agent_proto(agent: records.Agent, as_revision: bool = False) -> registry_pb
     message.update_time.CopyFrom(timestamp(agent.update_time))
     message.revision_create_time.CopyFrom(timestamp(agent.update_time))
     return message
+
+
+def _sealed_authorizations(agent: records.Agent) -> dict[tuple[str, str], str]:
+    """The sealed authorization of each MCP tool of a stored agent that has one, by
+    the tool's name and url."""
+    return {
+        (tool.name, tool.mcp.url): tool.mcp.authorization
+        for tool in _agent_definition(agent).tools
+        if tool.WhichOneof("kind") == "mcp" and tool.mcp.authorization
+    }
 
 
 def _context_proto(context: records.Context) -> registry_pb2.Context:
@@ -156,10 +181,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         store: RegistryStore,
         events: EventBus,
         pages: Pages,
+        sealer: Sealer,
         outbound_allow: Sequence[str] = (),
         provider_types: ProviderTypes | None = None,
     ):
         self._agents = store.agents
+        self._sealer = sealer
         # None: no providers service to ask; agents naming one for web search are refused.
         self._provider_types = provider_types
         self._pages = pages
@@ -188,7 +215,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         agent = records.Agent(
             id=agent_id,
             user_id=user.user_id,
-            definition=_definition(request.agent, _AGENT_KEPT_APART),
+            definition=_definition(self._sealed(request.agent, user.user, {}), _AGENT_KEPT_APART),
             handoffs=[AGENT.id(name) for name in request.agent.handoffs],
             etag=new_id(),
             revision_id=new_revision_id(),
@@ -212,8 +239,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             revision = await self._agents.get_agent_revision(
                 user.user_id, AGENT.id(name), revision_id
             )
-            return _agent_proto(revision, as_revision=True)
-        return _agent_proto(await self._agents.get_agent(user.user_id, AGENT.id(name)))
+            return _agent_proto(revision, as_revision=True, sealed=user.service)
+        agent = await self._agents.get_agent(user.user_id, AGENT.id(name))
+        return _agent_proto(agent, sealed=user.service)
 
     async def ListAgents(
         self, request: registry_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
@@ -285,7 +313,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             return _agent_proto(revision)
 
         try:
-            agent = await self._change(user.user_id, agent_id, rollback)
+            # The revision's MCP authorizations come back with it.
+            agent = await self._change(user.user_id, agent_id, rollback, kept_from=revision)
         except InvalidArgument as invalid:
             # Not the request's fault: an agent the revision names is gone, or
             # the rules have tightened since it was made.
@@ -379,10 +408,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user_id: str,
         agent_id: str,
         change: Callable[[records.Agent], registry_pb2.Agent | None],
+        kept_from: records.Agent | None = None,
     ) -> records.Agent:
         """Makes what `change` turns the current agent into (None: nothing) its new
         revision, checked like a new agent; the store runs it under a lock on the
-        agent, so `change` always sees the agent as it is."""
+        agent, so `change` always sees the agent as it is. The MCP authorizations
+        `change` leaves empty are kept from `kept_from` (the current agent if None)."""
         references: list[tuple[str, str]] = []
         # Provider types the checks asked for: looked up outside the agent's lock, and
         # the change made again with them.
@@ -400,10 +431,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 provider_types=types,
             )
             references[:] = agent_references(changed)
+            kept = _sealed_authorizations(kept_from or current)
+            stored = self._sealed(changed, USER.format(current.user_id), kept)
             revision = records.Agent(
                 id=current.id,
                 user_id=current.user_id,
-                definition=_definition(changed, _AGENT_KEPT_APART),
+                definition=_definition(stored, _AGENT_KEPT_APART),
                 handoffs=[AGENT.id(name) for name in changed.handoffs],
                 etag=new_id(),
                 revision_id=new_revision_id(),
@@ -423,6 +456,26 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if changed:
             await self._publish_change(agent, common_pb2.CHANGE_KIND_UPDATED)
         return agent
+
+    def _sealed(
+        self, agent: registry_pb2.Agent, user: str, kept: Mapping[tuple[str, str], str]
+    ) -> registry_pb2.Agent:
+        """The definition to store: each MCP tool's authorization sealed for `user`.
+        An empty one takes the sealed one `kept` has for the tool's name and url (a
+        client cannot send back what it never sees), so none follows a tool to
+        another url."""
+        stored = registry_pb2.Agent()
+        stored.CopyFrom(agent)
+        for tool in stored.tools:
+            if tool.WhichOneof("kind") != "mcp":
+                continue
+            mcp = tool.mcp
+            mcp.ClearField("has_authorization")  # said by reads, never stored
+            if mcp.authorization:
+                mcp.authorization = self._sealer.seal_text(mcp.authorization, user)
+            else:
+                mcp.authorization = kept.get((tool.name, mcp.url), "")
+        return stored
 
     async def _provider_type(self, provider: str) -> int | None:
         if self._provider_types is None:

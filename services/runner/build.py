@@ -45,7 +45,12 @@ from agentmesh.templates import TemplateError, render
 from services.runner.file_search import FileSearch
 from services.runner.guarding import INPUT, OUTPUT, Guarding, RunGuards
 from services.runner.models import Models
-from services.runner.tools import RunTools, computer_problem, web_search_tool
+from services.runner.tools import (
+    McpAuthorizations,
+    RunTools,
+    computer_problem,
+    web_search_tool,
+)
 
 AGENT = ResourceName.of(registry_pb2.Agent)
 _DEFAULT_TOOL_SECONDS = 10.0
@@ -143,11 +148,13 @@ class AgentBuilder:
         self,
         models: Models,
         policy: OutboundPolicy,
+        mcp_authorizations: McpAuthorizations,
         guarding: Guarding | None = None,
         file_search: FileSearch | None = None,
     ):
         self._models = models
         self._policy = policy
+        self._mcp_authorizations = mcp_authorizations
         # Without the guardrails service, only regex and builtin guardrails decide.
         self._guarding = guarding or Guarding()
         self._file_search = file_search
@@ -158,7 +165,7 @@ class AgentBuilder:
 
     def run_tools(self) -> RunTools:
         """What a run leg's computer and MCP tools hold; the caller closes it."""
-        return RunTools(self._policy)
+        return RunTools(self._policy, self._mcp_authorizations)
 
     async def build(
         self,
@@ -197,7 +204,7 @@ class AgentBuilder:
                 if tool.WhichOneof("kind") != "mcp"
             ]
             agent.mcp_servers = [
-                await _held(tools).mcp_server(tool)
+                await _held(tools).mcp_server(tool, user)
                 for tool in definition.tools
                 if tool.WhichOneof("kind") == "mcp"
             ]

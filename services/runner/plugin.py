@@ -19,6 +19,7 @@ from agentmesh.ids import new_id, utc_now
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
 from agentmesh.outbox import OutboxRelay
+from agentmesh.sealing import MCP_AUTHORIZATIONS, Sealer
 from services.runner.build import AgentBuilder
 from services.runner.compact import Compactor
 from services.runner.credits import Credits, Price
@@ -31,6 +32,7 @@ from services.runner.models import Models
 from services.runner.queue import RunQueue
 from services.runner.servicer import RunnerServicer
 from services.runner.store import OUTBOX, RunnerStore
+from services.runner.tools import McpAuthorizations
 from services.runner.tracing import ROUTER, Redactor, SpanSink, install_tracing
 from services.runner.workflows import WorkflowEngine
 
@@ -100,6 +102,9 @@ async def create(context: MeshContext) -> RunnerService:
     store = RunnerStore(context.database, queued_event)
     definitions = AgentDefinitions(context.peer("registry"))
     models = Models(context.peer("providers"), settings.outbound_allow, settings.default_model)
+    mcp_authorizations = McpAuthorizations(
+        Sealer(settings.resolved_service_token(), MCP_AUTHORIZATIONS)
+    )
     prices = {model: Price(**price) for model, price in settings.credit_prices.items()}
     credits = Credits(context.peer("registry"), prices, settings.run_credit_chunk)
     # Before the relay first publishes to it: the queue's stream is a work queue.
@@ -111,7 +116,12 @@ async def create(context: MeshContext) -> RunnerService:
         context.database,
         OUTBOX,
         context.events,
-        [runner_events.RunChanged, runner_events.UsageRecorded, runner_events.RunQueued],
+        [
+            runner_events.RunChanged,
+            runner_events.WorkflowRunChanged,
+            runner_events.UsageRecorded,
+            runner_events.RunQueued,
+        ],
     )
     relay.start()
     lease = timedelta(seconds=settings.run_lease_seconds)
@@ -121,6 +131,7 @@ async def create(context: MeshContext) -> RunnerService:
         AgentBuilder(
             models,
             OutboundPolicy(settings.outbound_allow),
+            mcp_authorizations,
             Guarding(context.peer("guardrails")),
             FileSearch(context.peer("files")),
         ),
@@ -131,7 +142,8 @@ async def create(context: MeshContext) -> RunnerService:
         on_saved=relay.notify,
         tracing=settings.trace_runs,
     )
-    spans = SpanSink(context.events, Redactor(models.api_keys), settings.trace_flush_seconds)
+    redactor = Redactor(lambda user: [*models.api_keys(user), *mcp_authorizations.known(user)])
+    spans = SpanSink(context.events, redactor, settings.trace_flush_seconds)
     ROUTER.register(executor.owner, spans)
     executor.start()
     dispatcher = Dispatcher(

@@ -15,6 +15,9 @@ pause) by `RunTools`, which the executor closes when the leg ends however it end
   for the leg (the SDK lists its tools each turn) and closed with it. Its URL passes
   the outbound guard before anything connects, and every request of the MCP client
   goes through the guarded HTTP client, which judges the address it connects to.
+  A tool's authorization, sealed by the registry for its user, is opened here and
+  sent as the Authorization header of each request; the MCP client follows
+  redirects within the server's origin only, so it never goes to another host.
 
 A tool's failure is the tool's answer to the model, never the run's end; a server
 that cannot be reached at all ends the run with a status naming the tool.
@@ -45,6 +48,7 @@ from agentmesh.sandbox import (
     remove_workspace,
     run_command,
 )
+from agentmesh.sealing import Sealer, Unsealable
 
 log = logging.getLogger("agentmesh.runner")
 
@@ -55,6 +59,8 @@ COMMAND_MEMORY_MB = 512
 COMMAND_OUTPUT_BYTES = 64 * 1024
 # How long connecting to an MCP server and each of its calls may take.
 MCP_TIMEOUT_SECONDS = 30.0
+# Users whose opened MCP authorizations are kept for the span redactor.
+_OPENED_USERS = 10_000
 # Unquoted shell operators: `ls; rm`, `a | b`, `a && b`, `> file`, `$(...)`, `( ... )`.
 _OPERATORS = ";&|<>()"
 # Substitutions a shell would expand; nothing here does, so they are refused, not sent.
@@ -116,6 +122,38 @@ def parse_command(command: str, allowed: Collection[str]) -> list[str]:
     return argv
 
 
+class McpAuthorizations:
+    """Opens the MCP tool authorizations the registry sealed, and keeps what it opened
+    for whom: the span redactor masks those (`known`, tracing.Redactor)."""
+
+    def __init__(self, sealer: Sealer):
+        self._sealer = sealer
+        # Each user's set is replaced whole, never changed: the redactor reads it
+        # from its own thread.
+        self._opened: dict[str, frozenset[str]] = {}
+
+    def open(self, tool: registry_pb2.Tool, user: str) -> str:
+        """The tool's Authorization header; FAILED_PRECONDITION if it does not open
+        (sealed for another user, or under another service token)."""
+        try:
+            value = self._sealer.open_text(tool.mcp.authorization, user)
+        except Unsealable:
+            raise FailedPrecondition(
+                f"the authorization of MCP tool {quoted(tool.name)} cannot be opened here: "
+                "set it again with UpdateAgent",
+                reason="MCP_AUTHORIZATION_UNREADABLE",
+            ) from None
+        # The header, and the credential after its scheme ("Bearer <token>").
+        parts = {value, value.partition(" ")[2]} - {""}
+        self._opened[user] = self._opened.pop(user, frozenset()) | parts
+        if len(self._opened) > _OPENED_USERS:
+            self._opened.pop(next(iter(self._opened)))
+        return value
+
+    def known(self, user: str) -> frozenset[str]:
+        return self._opened.get(user, frozenset())
+
+
 class RunTools:
     """What one leg of a run holds for its tools; `aclose` releases all of it.
 
@@ -123,8 +161,9 @@ class RunTools:
     live in task groups that must be left where they were entered.
     """
 
-    def __init__(self, policy: OutboundPolicy):
+    def __init__(self, policy: OutboundPolicy, authorizations: McpAuthorizations):
         self._policy = policy
+        self._authorizations = authorizations
         self._stack = contextlib.AsyncExitStack()
         self._workspace: Path | None = None
 
@@ -204,10 +243,11 @@ class RunTools:
             needs_approval=tool.require_approval,
         )
 
-    async def mcp_server(self, tool: registry_pb2.Tool) -> MCPServerStreamableHttp:
-        """The tool's MCP server, connected for this leg: its URL judged first, then
-        every request over the guarded client."""
+    async def mcp_server(self, tool: registry_pb2.Tool, user: str) -> MCPServerStreamableHttp:
+        """The tool's MCP server, connected for this leg (with the authorization `user`'s
+        tool has): its URL judged first, then every request over the guarded client."""
         mcp = tool.mcp
+        authorization = self._authorizations.open(tool, user) if mcp.authorization else ""
         try:
             self._policy.check_url(mcp.url)
             url = httpx2.URL(mcp.url)
@@ -231,6 +271,8 @@ class RunTools:
             )
             if headers:
                 client.headers.update(headers)
+            if authorization:
+                client.headers["authorization"] = authorization
             return client
 
         approval: Any = None

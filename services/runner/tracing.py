@@ -98,11 +98,12 @@ def truncated(text: str, limit: int = MAX_TEXT) -> str:
 class Redactor:
     """Takes secrets and what storage cannot keep out of span data.
 
-    Masked: the user's provider keys as the runner knows them (`known(user)`), every
-    token the builtin secrets detector finds (OpenAI/Anthropic/GitHub/Slack/... keys,
-    bearer tokens, JWTs, private key blocks), and any value under a key named like a
-    secret. Cut: long strings and lists, deep nesting. Fixed: NUL characters (Postgres
-    refuses them), lone surrogates (protobuf refuses them), NaN and infinities.
+    Masked: the user's secrets as the runner knows them (`known(user)`: provider keys
+    and MCP tool authorizations), every token the builtin secrets detector finds
+    (OpenAI/Anthropic/GitHub/Slack/... keys, bearer tokens, JWTs, private key blocks),
+    and any value under a key named like a secret. Cut: long strings and lists, deep
+    nesting. Fixed: NUL characters (Postgres refuses them), lone surrogates (protobuf
+    refuses them), NaN and infinities.
     """
 
     def __init__(self, known: Callable[[str], Iterable[str]] = lambda user: ()):

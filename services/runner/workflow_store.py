@@ -217,13 +217,14 @@ class WorkflowStore(LeasedRows):
         self,
         run: WorkflowRun,
         events: Sequence[tuple[int, bytes]] = (),
+        outbox: Sequence[Any] = (),
         *,
         owner: str | None = None,
         expect_state: int | None = None,
     ) -> bool:
-        """Writes what changed and the new events in one transaction; with `owner`,
-        only while the run is that replica's, with `expect_state` only while it is
-        in that state. False (nothing written) otherwise."""
+        """Writes what changed, the new events and outbox events in one transaction;
+        with `owner`, only while the run is that replica's, with `expect_state` only
+        while it is in that state. False (nothing written) otherwise."""
         conditions = [WorkflowRunRow.id == run.id]
         if owner is not None:
             conditions += [WorkflowRunRow.owner == owner, WorkflowRunRow.state == records.RUNNING]
@@ -236,6 +237,8 @@ class WorkflowStore(LeasedRows):
             if updated.rowcount == 0:
                 return False
             await _insert_events(conn, run.id, events)
+            for event in outbox:
+                await stage(conn, OUTBOX, event)
         return True
 
     async def request_cancel(self, run_id: str) -> None:

@@ -23,6 +23,8 @@ module only decides what runs next and keeps the workflow run's own record:
   workflow run is claimed again and goes on.
 - Cancelling sets a flag the driver reads before each step and cancels the
   step runs in flight; their end ends the workflow run, wherever it runs.
+- A workflow run's end or pause is announced (WorkflowRunChanged) through the
+  runner's outbox, in the transaction that stores it: once, by whoever wrote it.
 
 Conditions are CEL (common-expression-language): the registry compiled them and
 checked their variables on save (services/registry/workflows.py); nothing of
@@ -135,6 +137,16 @@ def _data(step: StepRun) -> dict[str, Any]:
 def _queued_event(run_id: str, user_id: str) -> events_pb2.RunQueued:
     return events_pb2.RunQueued(
         run=WORKFLOW_RUN.format(run_id), user=f"users/{user_id}", time=timestamp(utc_now())
+    )
+
+
+def _changed_event(run: WorkflowRun) -> events_pb2.WorkflowRunChanged:
+    return events_pb2.WorkflowRunChanged(
+        workflow_run=WORKFLOW_RUN.format(run.id),
+        user=f"users/{run.user_id}",
+        workflow=WORKFLOW.format(run.workflow_id),
+        state=runner_pb2.Run.State.ValueType(run.state),
+        time=timestamp(utc_now()),
     )
 
 
@@ -639,7 +651,7 @@ class WorkflowEngine:
                     live.emit(approval_required=approval_proto(approval))
         self._sum(live)
         live.emit(workflow_finished=workflow_run_proto(self._snapshot(live)))
-        await self._save(live)
+        await self._save(live, announce=True)
 
     async def _end(self, live: _Live, state: int, error: status_pb2.Status | None = None) -> None:
         run = live.run
@@ -650,7 +662,7 @@ class WorkflowEngine:
         run.lease_expire_time = None
         self._sum(live)
         live.emit(workflow_finished=workflow_run_proto(self._snapshot(live)))
-        await self._save(live)
+        await self._save(live, announce=True)
 
     async def _cancel_asked(self, run_id: str) -> bool:
         try:
@@ -685,19 +697,23 @@ class WorkflowEngine:
         live.run.steps = [_data(step) for step in live.steps]
         return live.run
 
-    async def _save(self, live: _Live) -> bool:
+    async def _save(self, live: _Live, announce: bool = False) -> bool:
         """Writes the run as it is now (RUNNING, or the pause or end just set) with its
-        new events, only while the stored run is RUNNING and this replica's."""
+        new events, only while the stored run is RUNNING and this replica's; with
+        `announce`, its WorkflowRunChanged too."""
         self._sum(live)
         run = self._snapshot(live)
         run.update_time = utc_now()
         events = [(e.sequence, e.SerializeToString()) for e in live.unsaved]
-        saved = await self._store.save(run, events, owner=self.owner)
+        outbox = [_changed_event(run)] if announce else []
+        saved = await self._store.save(run, events, outbox, owner=self.owner)
         live.unsaved.clear()
         if not saved:
             log.warning("workflowRuns/%s is driven elsewhere now; stopped here", run.id)
             return False
         self._wake(run.id)
+        if announce:
+            self._on_saved()
         return True
 
     async def _cancel_live_steps(self, live: _Live) -> None:
@@ -871,8 +887,9 @@ class WorkflowEngine:
         self._sum(live)
         live.emit(workflow_finished=workflow_run_proto(self._snapshot(live)))
         events = [(e.sequence, e.SerializeToString()) for e in live.unsaved]
-        if await self._store.save(run, events, expect_state=was):
+        if await self._store.save(run, events, [_changed_event(run)], expect_state=was):
             self._wake(run.id)
+            self._on_saved()
 
     def hung_up(self, run_id: str, user_id: str) -> None:
         """The caller that started the workflow run left: it ends with the call, unless

@@ -184,14 +184,18 @@ class ComputerTool(_message.Message):
     def __init__(self, allowed_commands: _Optional[_Iterable[str]] = ..., blocked_paths: _Optional[_Iterable[str]] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class McpTool(_message.Message):
-    __slots__ = ("url", "allowed_tools", "approval_required_tools")
+    __slots__ = ("url", "allowed_tools", "approval_required_tools", "authorization", "has_authorization")
     URL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_TOOLS_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REQUIRED_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    HAS_AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     url: str
     allowed_tools: _containers.RepeatedScalarFieldContainer[str]
     approval_required_tools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, url: _Optional[str] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ...) -> None: ...
+    authorization: str
+    has_authorization: bool
+    def __init__(self, url: _Optional[str] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ..., authorization: _Optional[str] = ..., has_authorization: _Optional[bool] = ...) -> None: ...
 
 class Context(_message.Message):
     __slots__ = ("name", "display_name", "values", "is_default", "create_time")

@@ -28,7 +28,7 @@ from agentmesh.gen.runner.v1 import runner_pb2 as agentmesh_dot_runner_dot_v1_do
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/runner/v1/events.proto\x12\x13\x61gentmesh.runner.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a agentmesh/runner/v1/runner.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\nRunChanged\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.State\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkflow_run\x18\x06 \x01(\t:\x1a\x92\xb5\x18\x16\n\x0cruns.changed\x10\x02\x1a\x04RUNS\"\xcd\x01\n\rUsageRecorded\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12)\n\x05usage\x18\x05 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63redits\x18\x07 \x01(\x03:\x1d\x92\xb5\x18\x19\n\x0eusage.recorded\x10\x02\x1a\x05USAGE\"r\n\tRunQueued\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp: \x92\xb5\x18\x1c\n\x0bruns.queued\x10\x02\x1a\tRUN_QUEUE \x01\"x\n\x12RunCancelRequested\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1d\x92\xb5\x18\x19\n\x15runs.cancel_requested\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/runner/v1/events.proto\x12\x13\x61gentmesh.runner.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a agentmesh/runner/v1/runner.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\nRunChanged\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.State\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkflow_run\x18\x06 \x01(\t:\x1a\x92\xb5\x18\x16\n\x0cruns.changed\x10\x02\x1a\x04RUNS\"\xd1\x01\n\x12WorkflowRunChanged\x12\x14\n\x0cworkflow_run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x10\n\x08workflow\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.agentmesh.runner.v1.Run.State\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:,\x92\xb5\x18(\n\x15workflow_runs.changed\x10\x02\x1a\rWORKFLOW_RUNS\"\xcd\x01\n\rUsageRecorded\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12)\n\x05usage\x18\x05 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63redits\x18\x07 \x01(\x03:\x1d\x92\xb5\x18\x19\n\x0eusage.recorded\x10\x02\x1a\x05USAGE\"r\n\tRunQueued\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp: \x92\xb5\x18\x1c\n\x0bruns.queued\x10\x02\x1a\tRUN_QUEUE \x01\"x\n\x12RunCancelRequested\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1d\x92\xb5\x18\x19\n\x15runs.cancel_requested\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNCHANGED']._loaded_options = None
   _globals['_RUNCHANGED']._serialized_options = b'\222\265\030\026\n\014runs.changed\020\002\032\004RUNS'
+  _globals['_WORKFLOWRUNCHANGED']._loaded_options = None
+  _globals['_WORKFLOWRUNCHANGED']._serialized_options = b'\222\265\030(\n\025workflow_runs.changed\020\002\032\rWORKFLOW_RUNS'
   _globals['_USAGERECORDED']._loaded_options = None
   _globals['_USAGERECORDED']._serialized_options = b'\222\265\030\031\n\016usage.recorded\020\002\032\005USAGE'
   _globals['_RUNQUEUED']._loaded_options = None
@@ -45,10 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNCANCELREQUESTED']._serialized_options = b'\222\265\030\031\n\025runs.cancel_requested\020\001'
   _globals['_RUNCHANGED']._serialized_start=194
   _globals['_RUNCHANGED']._serialized_end=387
-  _globals['_USAGERECORDED']._serialized_start=390
-  _globals['_USAGERECORDED']._serialized_end=595
-  _globals['_RUNQUEUED']._serialized_start=597
-  _globals['_RUNQUEUED']._serialized_end=711
-  _globals['_RUNCANCELREQUESTED']._serialized_start=713
-  _globals['_RUNCANCELREQUESTED']._serialized_end=833
+  _globals['_WORKFLOWRUNCHANGED']._serialized_start=390
+  _globals['_WORKFLOWRUNCHANGED']._serialized_end=599
+  _globals['_USAGERECORDED']._serialized_start=602
+  _globals['_USAGERECORDED']._serialized_end=807
+  _globals['_RUNQUEUED']._serialized_start=809
+  _globals['_RUNQUEUED']._serialized_end=923
+  _globals['_RUNCANCELREQUESTED']._serialized_start=925
+  _globals['_RUNCANCELREQUESTED']._serialized_end=1045
 # @@protoc_insertion_point(module_scope)

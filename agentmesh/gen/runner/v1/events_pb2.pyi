@@ -27,6 +27,20 @@ class RunChanged(_message.Message):
     workflow_run: str
     def __init__(self, run: _Optional[str] = ..., user: _Optional[str] = ..., agent: _Optional[str] = ..., state: _Optional[_Union[_runner_pb2.Run.State, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., workflow_run: _Optional[str] = ...) -> None: ...
 
+class WorkflowRunChanged(_message.Message):
+    __slots__ = ("workflow_run", "user", "workflow", "state", "time")
+    WORKFLOW_RUN_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    workflow_run: str
+    user: str
+    workflow: str
+    state: _runner_pb2.Run.State
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, workflow_run: _Optional[str] = ..., user: _Optional[str] = ..., workflow: _Optional[str] = ..., state: _Optional[_Union[_runner_pb2.Run.State, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class UsageRecorded(_message.Message):
     __slots__ = ("run", "user", "agent", "model", "usage", "time", "credits")
     RUN_FIELD_NUMBER: _ClassVar[int]
