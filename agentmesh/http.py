@@ -10,6 +10,7 @@ and reaches other services through `MeshContext.peer`, acting for that caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Sequence
 
@@ -94,7 +95,9 @@ class HttpServer:
         if self._server is None:
             return
         self._server.should_exit = True
-        if self._ticks is not None:
-            await self._ticks
+        if self._ticks is not None:  # it only keeps the Date header current
+            self._ticks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticks
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         self._server = None

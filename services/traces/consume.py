@@ -35,7 +35,9 @@ log = logging.getLogger("agentmesh.traces")
 CONSUMER = "traces"
 ACK_WAIT_SECONDS = 30.0
 _FETCH_MAX = 64
-_FETCH_SECONDS = 1.0
+# How long a fetch waits for spans when none come; also the longest a stop waits
+# for the fetch in flight.
+_FETCH_SECONDS = 0.25
 _RETRY_SECONDS = 2.0
 _STOP_SECONDS = 10.0
 _USER = ResourceName("users/{user}")
