@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import grpc
 import typer
@@ -34,12 +34,13 @@ from agentmesh.cli_triggers import schedules_app, triggers_app, webhooks_app
 from agentmesh.cli_workflows import workflows_app
 from agentmesh.client import Client
 from agentmesh.config import Settings
-from agentmesh.gateway import Gateway
+from agentmesh.gateway import DEPLOYABLE, Gateway
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.gen.runner.v1 import runner_pb2
-from agentmesh.mesh import Mesh, ServicePlugin
-from agentmesh.server import termination_signal
-from services import PLUGINS, plugins_named
+
+if TYPE_CHECKING:  # the server side is imported only by `up` and `serve`: a client
+    # command starts in about a second, not the eight the Agents SDK and all services take.
+    from agentmesh.mesh import Mesh, ServicePlugin
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 agents_app = typer.Typer(help="Agents in the registry.", no_args_is_help=True)
@@ -78,6 +79,9 @@ def _logging(settings: Settings) -> None:
 
 
 def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: Any = None) -> None:
+    from agentmesh.mesh import Mesh
+    from agentmesh.server import termination_signal
+
     _logging(settings)
 
     async def serve() -> None:
@@ -154,12 +158,14 @@ def up(
                     message = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
                     err.print(f"[red]the run of {ask[0]} failed[/red]: {message}")
 
+    from services import PLUGINS
+
     _serve(settings, PLUGINS, after_start)
 
 
 @app.command()
 def serve(
-    name: Annotated[str, typer.Argument(help=", ".join(p.name for p in PLUGINS))],
+    name: Annotated[str, typer.Argument(help=", ".join(DEPLOYABLE))],
     data_dir: DataDir = None,
     port: Port = None,
     host: Host = None,
@@ -167,6 +173,8 @@ def serve(
 ) -> None:
     """One service alone, for a split deployment."""
     try:
+        from services import plugins_named
+
         plugins = plugins_named(name)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
