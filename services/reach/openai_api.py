@@ -209,7 +209,10 @@ def _openai_errors(endpoint: Endpoint) -> Endpoint:
             return ApiError.from_exception(error).response()
         except Exception:
             reference = new_id()[:12]
-            log.exception("%s %s failed: reference=%s", request.method, request.url.path, reference)
+            # The path is the client's, percent-decoded: quoted, it forges no log line.
+            log.exception(
+                "%s %s failed: reference=%s", request.method, quoted(request.url.path), reference
+            )
             return ApiError.of(internal_status(reference)).response()
 
     return answer
