@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # Where provider API keys live: "local" (AES-GCM files under data_dir/secrets)
     # or "vault" (KV v2; token or Kubernetes auth).
     secret_store: Literal["local", "vault"] = "local"
+    # How often the providers service finishes secret writes a failure or a dead
+    # process left half-done (services/providers/store.py), and how old such a
+    # write must be: longer than any request takes.
+    secret_sweep_seconds: float = 60.0
+    secret_sweep_grace_seconds: float = 600.0
     vault_url: str = "http://127.0.0.1:8200"
     vault_token: str = ""
     vault_kubernetes_role: str = ""

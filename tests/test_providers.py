@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+from datetime import timedelta
 
 import grpc
 import hvac
@@ -17,14 +18,16 @@ from support import admin_key, service_token
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
+from agentmesh.errors import Aborted
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2
+from agentmesh.ids import utc_now
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import ModelServer, Reply, ToolCall
 from agentmesh.testing.vault import DevVault
 from services import PLUGINS
 from services.providers.plugin import secret_store
-from services.providers.secrets import SecretNotFound
+from services.providers.secrets import SecretNotFound, SecretStoreUnavailable
 
 KEY = "sk-test-" + "k3y" * 10 + "WXYZ"
 ROTATED = "sk-test-" + "r0t" * 10 + "ABCD"
@@ -514,3 +517,119 @@ async def test_update_provider_rejects_a_malformed_name(providers_mesh, tenant, 
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error.value) == ["provider.name", "update_mask"]
+
+
+class _FailingSecrets:
+    """The mesh's real secret store, with the calls named in `failing` failing as a
+    store that is down does."""
+
+    def __init__(self, real, *failing: str):
+        self._real = real
+        self.failing = set(failing)
+
+    def __getattr__(self, name: str):
+        call = getattr(self._real, name)
+
+        async def maybe(*args, **kwargs):
+            if name in self.failing:
+                raise SecretStoreUnavailable(f"{name} failed (injected)")
+            return await call(*args, **kwargs)
+
+        return maybe
+
+
+def _providers_servicer(mesh):
+    return mesh.services["providers"].servicers[0]
+
+
+async def _intents(servicer, user: str) -> list:
+    everything = await servicer._store.unsettled(utc_now() + timedelta(days=1), limit=10_000)
+    return [intent for intent in everything if f"users/{intent.user_id}" == user]
+
+
+async def _secret(mesh, user: str, provider_id: str) -> str | None:
+    try:
+        return await secret_store(mesh.settings).get(f"{user}/providers/{provider_id}")
+    except SecretNotFound:
+        return None
+
+
+async def test_a_create_whose_row_and_take_back_both_fail_leaves_the_secret_to_the_sweep(
+    providers_mesh, tenant, model_server, monkeypatch
+):
+    make, _ = tenant
+    client, user = await make()
+    servicer = _providers_servicer(providers_mesh)
+    secrets = _FailingSecrets(servicer._secrets, "delete")
+    monkeypatch.setattr(servicer, "_secrets", secrets)
+
+    async def row_fails(provider, intent):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(servicer._store, "create", row_fails)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.CreateProvider(custom(model_server.base_url))
+    assert error.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+    (intent,) = await _intents(servicer, user)
+    assert await _secret(providers_mesh, user, intent.provider_id) == KEY  # left behind
+
+    secrets.failing.clear()
+    assert await servicer.sweep_secrets(timedelta(hours=1)) >= 1  # doomed: no grace
+    assert await _secret(providers_mesh, user, intent.provider_id) is None
+    assert await _intents(servicer, user) == []
+    assert (await client.providers.ListProviders(p.ListProvidersRequest())).providers == []
+
+
+async def test_writes_a_dead_process_left_half_done_are_swept_after_the_grace(
+    providers_mesh, tenant, model_server
+):
+    make, service = tenant
+    client, user = await make()
+    servicer = _providers_servicer(providers_mesh)
+    store, secrets = servicer._store, secret_store(providers_mesh.settings)
+    live = await client.providers.CreateProvider(custom(model_server.base_url))
+    live_id = live.name.removeprefix("providers/")
+    user_id = user.removeprefix("users/")
+    # What two processes killed mid-request leave: a create's secret with no row, and
+    # a rotation's new version the row never came to name.
+    lost = await store.intend(user_id, "lostprovider")
+    await secrets.put(f"{user}/providers/lostprovider", KEY, "0")
+    rotation = await store.intend(user_id, live_id)
+    await secrets.put(f"{user}/providers/{live_id}", ROTATED, "1")
+
+    assert await servicer.sweep_secrets(timedelta(hours=1)) == 0  # may still be under way
+    assert await _secret(providers_mesh, user, "lostprovider") == KEY
+    assert await servicer.sweep_secrets(timedelta(0)) == 1
+    assert await _secret(providers_mesh, user, "lostprovider") is None
+    assert await _intents(servicer, user) == []
+    resolved = await service.providers.ResolveCredentials(
+        p.ResolveCredentialsRequest(user=user, provider=live.name)
+    )
+    assert resolved.api_key == KEY  # the version the row names, untouched
+    # A request that finishes after the sweep gave up on it writes nothing.
+    with pytest.raises(Aborted):
+        await store.update(await store.get(user_id, live_id), live.etag, rotation)
+    assert (await store.get(user_id, live_id)).etag == live.etag
+    assert lost not in await _intents(servicer, user)
+
+
+async def test_delete_while_the_secret_store_is_down_succeeds_and_the_sweep_finishes_it(
+    providers_mesh, tenant, model_server, monkeypatch
+):
+    make, _ = tenant
+    client, user = await make()
+    servicer = _providers_servicer(providers_mesh)
+    created = await client.providers.CreateProvider(custom(model_server.base_url))
+    provider_id = created.name.removeprefix("providers/")
+    secrets = _FailingSecrets(servicer._secrets, "delete")
+    monkeypatch.setattr(servicer, "_secrets", secrets)
+
+    await client.providers.DeleteProvider(p.DeleteProviderRequest(name=created.name))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.providers.GetProvider(p.GetProviderRequest(name=created.name))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await _secret(providers_mesh, user, provider_id) == KEY
+    secrets.failing.clear()
+    assert await servicer.sweep_secrets(timedelta(hours=1)) == 1
+    assert await _secret(providers_mesh, user, provider_id) is None
+    assert await _intents(servicer, user) == []

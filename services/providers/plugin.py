@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 from agentmesh.config import Settings
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.model_server import ModelServer
+from agentmesh.tasks import cancel, every
 from services.providers.probe import DEFAULT_BASE_URLS
 from services.providers.secrets import LocalSecretStore, SecretStore, VaultSecretStore
 from services.providers.servicer import ProviderServicer
@@ -45,11 +47,24 @@ def system_default(settings: Settings, standin_url: str = "") -> p.Credentials |
 
 
 class Providers(MeshService):
-    def __init__(self, servicer: ProviderServicer, standin: ModelServer | None):
+    def __init__(self, servicer: ProviderServicer, standin: ModelServer | None, settings: Settings):
         super().__init__(servicer)
         self._standin = standin
+        grace = timedelta(seconds=settings.secret_sweep_grace_seconds)
+        self._sweep = every(
+            settings.secret_sweep_seconds,
+            "sweeping secrets",
+            lambda: self._sweep_secrets(servicer, grace),
+            log,
+        )
+
+    @staticmethod
+    async def _sweep_secrets(servicer: ProviderServicer, grace: timedelta) -> None:
+        if deleted := await servicer.sweep_secrets(grace):
+            log.info("deleted %d secrets that no provider uses", deleted)
 
     async def stop(self) -> None:
+        await cancel([self._sweep])
         if self._standin is not None:
             await self._standin.stop()
 
@@ -76,4 +91,4 @@ async def create(context: MeshContext) -> Providers:
         settings.outbound_allow,
         context.pages,
     )
-    return Providers(servicer, standin)
+    return Providers(servicer, standin, settings)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
@@ -26,9 +29,10 @@ from services.providers.secrets import (
     SecretStore,
     SecretStoreUnavailable,
 )
-from services.providers.store import Provider, ProviderStore
+from services.providers.store import Provider, ProviderStore, SecretIntent
 
 PROVIDER = ResourceName.of(p.Provider)
+log = logging.getLogger("agentmesh.providers")
 _T = TypeVar("_T")
 _CONFIG_FIELDS = ("display_name", "base_url", "default_model", "organization")
 # Which provider type each typed settings message belongs to.
@@ -155,10 +159,14 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         user = current_user()
         _check(request.provider, require_key=True, allow=self._outbound_allow)
         provider_id, api_key = new_id(), request.provider.api_key
-        path = _secret_path(user.user_id, provider_id)
-        # The secret first: if the store is down nothing is written at all, and
-        # if the row then fails the secret is taken back.
-        version = await self._put_secret(path, api_key, cas="0")
+        # Announced, then written, then made live with the row; a failure between
+        # takes the secret back, or leaves it to the sweep (store.py).
+        intent = await self._store.intend(user.user_id, provider_id)
+        try:
+            version = await self._put_secret(intent, api_key, cas="0")
+        except BaseException:
+            await self._take_back(intent)
+            raise
         created = utc_now()
         provider = Provider(
             provider_id,
@@ -172,9 +180,9 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
             created,
         )
         try:
-            provider = await self._store.create(provider)
+            provider = await self._store.create(provider, intent)
         except BaseException:
-            await self._secrets.delete(path)
+            await self._take_back(intent)
             raise
         await self._publish_change(provider, common_pb2.CHANGE_KIND_CREATED)
         return _proto(provider)
@@ -217,9 +225,16 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
             # the version in use out of the secret's bounded history.
             path = _secret_path(user.user_id, existing.id)
             latest = await self._secret_call(self._secrets.latest_version(path))
-            existing.secret_version = await self._put_secret(path, merged.api_key, cas=latest)
-            existing.api_key_hint = _hint(merged.api_key)
-        provider = await self._store.update(existing, expected_etag=existing.etag)
+            intent = await self._store.intend(user.user_id, existing.id)
+            try:
+                existing.secret_version = await self._put_secret(intent, merged.api_key, latest)
+                existing.api_key_hint = _hint(merged.api_key)
+                provider = await self._store.update(existing, existing.etag, intent)
+            except BaseException:
+                await self._take_back(intent)
+                raise
+        else:
+            provider = await self._store.update(existing, expected_etag=existing.etag)
         await self._publish_change(provider, common_pb2.CHANGE_KIND_UPDATED)
         return _proto(provider)
 
@@ -228,11 +243,10 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
     ) -> empty_pb2.Empty:
         user = current_user()
         provider = await self._store.get(user.user_id, PROVIDER.id(request.name))
-        try:
-            await self._secrets.delete(_secret_path(user.user_id, provider.id))
-        except SecretStoreUnavailable:
-            raise _unavailable() from None
-        await self._store.delete(user.user_id, provider.id)
+        # The row first, its secret doomed with it: a secret store that is down
+        # now delays the secret's deletion to the sweep, and refuses nothing.
+        intent = await self._store.delete(user.user_id, provider.id)
+        await self._take_back(intent)
         await self._publish_change(provider, common_pb2.CHANGE_KIND_DELETED)
         return empty_pb2.Empty()
 
@@ -290,7 +304,35 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         _set_settings(credentials, config)
         return credentials
 
-    async def _put_secret(self, path: str, api_key: str, cas: str) -> str:
+    async def sweep_secrets(self, grace: timedelta) -> int:
+        """Finishes the secret writes left half-done more than grace ago (and every
+        doomed one): deletes each secret no provider uses. How many it deleted."""
+        deleted = 0
+        for intent in await self._store.unsettled(utc_now() - grace):
+            deleted += await self._finish(intent)
+        return deleted
+
+    async def _take_back(self, intent: SecretIntent) -> None:
+        """Finishes an intent whose request failed (or a deleted provider's) at once;
+        if the secret store fails too, the sweep finishes it later."""
+        try:
+            await asyncio.shield(self._finish(intent))
+        except Exception as error:  # noqa: BLE001 - the sweep tries again
+            log.warning(
+                "the secret of providers/%s is left to the sweep (%s)",
+                intent.provider_id,
+                type(error).__name__,
+            )
+
+    async def _finish(self, intent: SecretIntent) -> bool:
+        if not await self._store.doom(intent):
+            return False
+        await self._secrets.delete(_secret_path(intent.user_id, intent.provider_id))
+        await self._store.forget(intent)
+        return True
+
+    async def _put_secret(self, intent: SecretIntent, api_key: str, cas: str) -> str:
+        path = _secret_path(intent.user_id, intent.provider_id)
         try:
             return await self._secret_call(self._secrets.put(path, api_key, cas))
         except SecretConflict:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
 from agentmesh.config import write_private_file
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.sealing import MCP_AUTHORIZATIONS, Sealer
+from agentmesh.tasks import cancel, every
 from services.registry.provider_types import ProviderTypes
 from services.registry.servicer import AccountServicer, RegistryServicer, WorkflowServicer
 from services.registry.store import RegistryStore
@@ -33,23 +33,19 @@ class Registry(MeshService):
             AccountServicer(store, context.authenticator, context.events, context.pages),
         )
         self._store = store
-        self._sweep_seconds = context.settings.reservation_sweep_seconds
-        self._sweeper = asyncio.create_task(self._release_expired_reservations())
+        self._sweeper = every(
+            context.settings.reservation_sweep_seconds,
+            "releasing expired reservations",
+            self._release_expired_reservations,
+            log,
+        )
 
     async def stop(self) -> None:
-        self._sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sweeper
+        await cancel([self._sweeper])
 
     async def _release_expired_reservations(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_seconds)
-            try:
-                released = await self._store.credits.release_expired()
-                if released:
-                    log.info("released %d expired credit reservations", released)
-            except Exception:
-                log.exception("releasing expired reservations failed")
+        if released := await self._store.credits.release_expired():
+            log.info("released %d expired credit reservations", released)
 
 
 async def create(context: MeshContext) -> Registry:

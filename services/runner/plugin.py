@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
 from agentmesh.outbox import OutboxRelay
 from agentmesh.sealing import MCP_AUTHORIZATIONS, Sealer
+from agentmesh.tasks import cancel, every
 from services.runner.build import AgentBuilder
 from services.runner.compact import Compactor
 from services.runner.credits import Credits, Price
@@ -66,11 +66,7 @@ class RunnerService(MeshService):
     async def stop(self) -> None:
         self._executor.stopping = True  # what breaks now is the stop's doing
         await self._queue.stop()  # no new runs first
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(self._background)
         if self._workflows is not None:  # handed on from their last saved step
             await self._workflows.stop()
         await self._dispatcher.stop()
@@ -178,33 +174,26 @@ async def create(context: MeshContext) -> RunnerService:
     )
     await queue.start()
     background = [
-        _every(settings.run_lease_renew_seconds, "renewing leases", _renewal(dispatcher, lease)),
-        _every(settings.run_lease_sweep_seconds, "sweeping runs", dispatcher.sweep),
-        _every(settings.approval_sweep_seconds, "sweeping approvals", dispatcher.expire_approvals),
-        _every(
+        every(
+            settings.run_lease_renew_seconds, "renewing leases", _renewal(dispatcher, lease), log
+        ),
+        every(settings.run_lease_sweep_seconds, "sweeping runs", dispatcher.sweep, log),
+        every(
+            settings.approval_sweep_seconds, "sweeping approvals", dispatcher.expire_approvals, log
+        ),
+        every(
             settings.retention_sweep_seconds,
             "applying retention",
             _retention(store, workflows, settings),
+            log,
         ),
-        _every(settings.run_lease_renew_seconds, "workflow leases", workflows.renew_leases),
-        _every(settings.run_lease_sweep_seconds, "sweeping workflow runs", workflows.sweep),
+        every(settings.run_lease_renew_seconds, "workflow leases", workflows.renew_leases, log),
+        every(settings.run_lease_sweep_seconds, "sweeping workflow runs", workflows.sweep, log),
     ]
     log.info("runner replica %s", executor.owner)
     return RunnerService(
         servicer, queue, dispatcher, executor, models, relay, background, spans, workflows
     )
-
-
-def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> asyncio.Task:
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception:  # noqa: BLE001 - tried again next time
-                log.exception("%s failed", what)
-
-    return asyncio.create_task(loop(), name=f"runner: {what}")
 
 
 def _renewal(dispatcher: Dispatcher, lease: timedelta) -> Callable[[], Awaitable[None]]:

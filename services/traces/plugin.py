@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -12,6 +11,7 @@ from pathlib import Path
 from agentmesh.config import Settings
 from agentmesh.ids import utc_now
 from agentmesh.mesh import MeshContext, MeshService
+from agentmesh.tasks import cancel, every
 from services.traces.consume import SpanConsumer
 from services.traces.otlp import OtlpExport
 from services.traces.servicer import TraceServicer
@@ -39,9 +39,7 @@ class TracesService(MeshService):
     async def stop(self) -> None:
         await self.consumer.stop()
         if self._retention is not None:
-            self._retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention
+            await cancel([self._retention])
         if self._otlp is not None:
             await asyncio.to_thread(self._otlp.close)
 
@@ -58,13 +56,8 @@ async def apply_retention(store: TraceStore, settings: Settings) -> int:
 
 
 async def _retain(store: TraceStore, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.retention_sweep_seconds)
-        try:
-            if deleted := await apply_retention(store, settings):
-                log.info("retention deleted %d traces", deleted)
-        except Exception:  # noqa: BLE001 - tried again next time
-            log.exception("applying trace retention failed")
+    if deleted := await apply_retention(store, settings):
+        log.info("retention deleted %d traces", deleted)
 
 
 async def create(context: MeshContext) -> TracesService:
@@ -82,5 +75,10 @@ async def create(context: MeshContext) -> TracesService:
     await consumer.start()
     retention = None
     if settings.trace_retention_days > 0:
-        retention = asyncio.create_task(_retain(store, settings), name="traces: retention")
+        retention = every(
+            settings.retention_sweep_seconds,
+            "applying trace retention",
+            lambda: _retain(store, settings),
+            log,
+        )
     return TracesService(TraceServicer(store, context.pages), store, consumer, retention, otlp)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
+from agentmesh.tasks import cancel, every
 from services.triggers.deliver import Deliverer
 from services.triggers.hooks import InboundHooks
 from services.triggers.intake import RunEvents
@@ -43,26 +42,9 @@ class TriggersService(MeshService):
         self._loops = loops
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(self._loops)
         await self._intake.stop()
         await self._deliverer.stop()
-
-
-def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> asyncio.Task:
-    async def loop() -> None:
-        while True:
-            # Waits first: the mesh may still be starting the services a job calls.
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception:  # noqa: BLE001 - tried again next time
-                log.exception("%s failed", what)
-
-    return asyncio.create_task(loop(), name=f"triggers: {what}")
 
 
 async def create(context: MeshContext) -> TriggersService:
@@ -95,9 +77,12 @@ async def create(context: MeshContext) -> TriggersService:
         store.schedules, targets, timedelta(seconds=settings.schedule_grace_seconds)
     )
     loops = [
-        _every(settings.schedule_poll_seconds, "firing schedules", scheduler.fire_due),
-        _every(
-            settings.hook_tolerance_seconds, "forgetting old receipts", hooks.forget_old_receipts
+        every(settings.schedule_poll_seconds, "firing schedules", scheduler.fire_due, log),
+        every(
+            settings.hook_tolerance_seconds,
+            "forgetting old receipts",
+            hooks.forget_old_receipts,
+            log,
         ),
     ]
     servicers: list[object] = [
