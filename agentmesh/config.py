@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     files_max_bytes: int = 50 * 1024 * 1024
     # Where uploaded bytes live, content-addressed; empty: data_dir/blobs.
     files_blob_dir: str = ""
+    # Or in a bucket of any S3-compatible store, as objects {prefix}/blobs/{sha256}
+    # (uploads are spooled in data_dir/uploads first): empty bucket, the directory.
+    # Endpoint empty: AWS itself; else the store's URL (https://minio.internal:9000),
+    # addressed path-style. Credentials empty: boto3's own chain (AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY, a web identity such as EKS IRSA, an instance profile).
+    files_s3_bucket: str = ""
+    files_s3_endpoint: str = ""
+    files_s3_region: str = ""
+    files_s3_prefix: str = ""
+    files_s3_access_key_id: str = ""
+    files_s3_secret_access_key: SecretStr = SecretStr("")
     # Milvus: a Milvus server's URI (http://milvus:19530); empty: Milvus Lite in
     # data_dir/milvus.db.
     milvus_uri: str = ""

@@ -27,7 +27,7 @@ from nats.js.client import JetStreamContext
 
 from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.files.v1 import events_pb2
-from services.files.blobs import LocalBlobStore
+from services.files.blobs import BlobStore
 from services.files.embed import LocalEmbedder
 from services.files.embeddings import Embedder, EmbeddingFailed
 from services.files.extract import ExtractionError, extract_text
@@ -72,7 +72,7 @@ class Ingestor:
     def __init__(
         self,
         store: FileStore,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
         index: VectorIndex,
         embedder_for: Embedders,
         chunker: Callable[[], Awaitable[LocalEmbedder]],

@@ -9,7 +9,7 @@ from agentmesh.gen.files.v1 import events_pb2
 from agentmesh.mesh import MeshContext, MeshService
 from agentmesh.outbound import OutboundPolicy
 from agentmesh.outbox import OutboxRelay
-from services.files.blobs import LocalBlobStore
+from services.files.blobs import blob_store
 from services.files.embed import local_embedder_async
 from services.files.embeddings import Embeddings
 from services.files.ingest import IngestionQueue, Ingestor
@@ -44,9 +44,7 @@ async def create(context: MeshContext) -> FilesService:
     assert context.database is not None
     settings = context.settings
     store = FileStore(context.database)
-    blobs = LocalBlobStore(
-        Path(settings.files_blob_dir) if settings.files_blob_dir else settings.data_dir / "blobs"
-    )
+    blobs = blob_store(settings)
     index = VectorIndex(
         settings.milvus_uri or str(settings.data_dir / "milvus.db"), settings.milvus_token
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -12,13 +13,13 @@ from google.protobuf import empty_pb2, json_format
 
 from agentmesh.api import timestamp
 from agentmesh.auth import current_user
-from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from agentmesh.gen.files.v1 import files_pb2 as f
 from agentmesh.gen.files.v1 import files_pb2_grpc
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
 from agentmesh.paging import Pages
-from services.files.blobs import BlobTooLarge, BlobWriter, LocalBlobStore
+from services.files.blobs import BlobStore, BlobTooLarge, BlobWriter
 from services.files.embed import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS
 from services.files.embeddings import Embeddings
 from services.files.extract import UnsupportedType, detect_type
@@ -34,6 +35,8 @@ from services.files.store import (
     VectorStore,
 )
 from services.files.vectors import VectorIndex
+
+log = logging.getLogger("agentmesh.files")
 
 FILE = ResourceName.of(f.File)
 VECTOR_STORE = ResourceName.of(f.VectorStore)
@@ -107,7 +110,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
     def __init__(
         self,
         store: FileStore,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
         index: VectorIndex,
         max_bytes: int,
         embeddings: Embeddings,
@@ -223,7 +226,12 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         for store in stores:
             await self._index.delete_file(store.dimensions, store.id, file.id)
         if not await self._store.blob_in_use(file.sha256):
-            await asyncio.to_thread(self._blobs.delete, file.sha256)
+            try:
+                await asyncio.to_thread(self._blobs.delete, file.sha256)
+            except Unavailable:
+                # The file is deleted (its rows and vectors are gone, and a retry
+                # would find nothing to delete); only its bytes stay behind.
+                log.warning("the blob of %s stays in the blob store", request.name)
         return empty_pb2.Empty()
 
     async def WatchFile(self, request: f.WatchFileRequest, context) -> AsyncIterator[f.File]:
