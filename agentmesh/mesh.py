@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from agentmesh.auth import USER_HEADER, Authenticator, Principal, current_principal_or_none
 from agentmesh.client import bearer, metadata_interceptors
 from agentmesh.config import Settings
-from agentmesh.db import open_database
+from agentmesh.db import dispose, open_database
 from agentmesh.errors import Unavailable
 from agentmesh.events import EventBus
 from agentmesh.gen.registry.v1 import account_pb2, account_pb2_grpc, events_pb2
@@ -238,7 +238,7 @@ class Mesh:
         for name, service in reversed(self.services.items()):
             await self._within(f"the {name} service", service.stop())
         for database in self._databases:
-            await database.dispose()
+            await dispose(database)
         if self._events is not None:
             await self._within("the NATS connection", self._events.close())
         if self._nats:

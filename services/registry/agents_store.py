@@ -65,10 +65,15 @@ def _current() -> Select:
     return _revisions().where(AgentRevisionRow.id == AgentRow.revision_id)
 
 
-# The hottest read (every GetAgent, every run's definition): built once, executed
+# The hottest reads (every GetAgent, every run's definition): built once, executed
 # with parameters, so no request pays for building the statement again.
 _CURRENT_AGENT = _current().where(
     AgentRow.user_id == bindparam("user_id"), AgentRow.id == bindparam("agent_id")
+)
+_AGENT_REVISION = _revisions().where(
+    AgentRow.user_id == bindparam("user_id"),
+    AgentRow.id == bindparam("agent_id"),
+    AgentRevisionRow.id == bindparam("revision_id"),
 )
 
 
@@ -174,11 +179,8 @@ class AgentStore:
     async def get_agent_revision(self, user_id: str, agent_id: str, revision_id: str) -> Agent:
         """The agent as one of its revisions made it (what a pinned run executes)."""
         row = await self._reads.first(
-            _revisions().where(
-                AgentRow.user_id == user_id,
-                AgentRow.id == agent_id,
-                AgentRevisionRow.id == revision_id,
-            )
+            _AGENT_REVISION,
+            {"user_id": user_id, "agent_id": agent_id, "revision_id": revision_id},
         )
         if row is None:
             raise NotFound(f"{_name(agent_id)}@{revision_id}")

@@ -1,0 +1,70 @@
+"""Point reads on the driver (agentmesh.db.Reads) return what the engine returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import JSON, Integer, String, bindparam, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from support import database_url
+
+from agentmesh.db import Reads, UtcDateTime, create_engine, dispose
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Thing(_Base):
+    __tablename__ = "things"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict] = mapped_column(JSON)
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+_BY_OWNER = (
+    select(_Thing.id, _Thing.body, _Thing.time.label("when"))
+    .where(_Thing.owner == bindparam("owner"))
+    .order_by(_Thing.id)
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def engine(request, tmp_path):
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    engine = create_engine(database_url(request.param, postgres, tmp_path).format(service="r"))
+    async with engine.begin() as conn:
+        await conn.run_sync(_Base.metadata.create_all)
+    yield engine
+    await dispose(engine)
+
+
+async def test_reads_return_the_engines_rows(engine):
+    time = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=UTC)
+    body = {"name": "ä \"quoted\" 'x'", "list": [1, 2.5, None], "nested": {"ok": True}}
+    async with engine.begin() as conn:
+        await conn.execute(
+            _Thing.__table__.insert(),
+            [
+                {"id": 1, "owner": "a", "body": body, "time": time},
+                {"id": 2, "owner": "a", "body": {}, "time": time},
+                {"id": 3, "owner": "b'; drop table things; --", "body": {}, "time": time},
+            ],
+        )
+        expected = (await conn.execute(_BY_OWNER, {"owner": "a"})).all()
+    reads = Reads(engine)
+    rows = await reads.all(_BY_OWNER, {"owner": "a"})
+    assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
+    first = await reads.first(_BY_OWNER, {"owner": "a"})
+    assert (first.id, first.body, first.when) == (1, body, time)
+    assert first.when.tzinfo is not None
+    assert await reads.first(_BY_OWNER, {"owner": "nobody"}) is None
+    # Parameters are values, never SQL.
+    (odd,) = await reads.all(_BY_OWNER, {"owner": "b'; drop table things; --"})
+    assert odd.id == 3
+    # What another connection commits, the next read sees (no snapshot is held).
+    async with engine.begin() as conn:
+        await conn.execute(_Thing.__table__.delete().where(_Thing.id == 1))
+    assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [2]
