@@ -2,33 +2,30 @@
 
 Lists page by keyset over a row sequence that all tenants share. A token that
 showed that sequence would tell a caller how much everyone else wrote between two
-pages, so it is sealed (AES-GCM under a key derived from the mesh's service token,
-which every replica of every service shares). It is also bound (as associated
-data) to the method, the caller and the request's other fields: a token from one
-list, one filter or one user is refused by every other, never silently applied.
+pages, so it is sealed (agentmesh.sealing: AES-GCM under a key derived from the mesh's
+service token, which every replica of every service shares). It is also bound (as
+associated data) to the method, the caller and the request's other fields: a token
+from one list, one filter or one user is refused by every other, never silently
+applied.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import Message
 
 from agentmesh.auth import current_principal
 from agentmesh.errors import InvalidArgument
+from agentmesh.sealing import Sealer
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _MAX_SEQ = 2**63 - 1  # the largest BIGINT
-_NONCE = 12
 _VERSION = b"\x01"
 _REFUSED = "not a page token this service issued for this list"
 
@@ -55,9 +52,7 @@ class Pages:
     """Seals and opens one service's page tokens."""
 
     def __init__(self, secret: str):
-        self._aead = AESGCM(
-            HKDF(SHA256(), 32, salt=None, info=b"agentmesh page tokens v1").derive(secret.encode())
-        )
+        self._sealer = Sealer(secret, "page tokens")
 
     def open(self, request: Message) -> Cursor:
         """The cursor for a List request (with `page_token` and `page_size` fields);
@@ -68,17 +63,15 @@ class Pages:
         return Cursor(after, page_size(request.page_size), self, binding)  # type: ignore[attr-defined]
 
     def seal(self, last_seq: int, binding: bytes) -> str:
-        nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, struct.pack(">Q", last_seq), binding)
-        return base64.urlsafe_b64encode(_VERSION + nonce + sealed).decode().rstrip("=")
+        sealed = self._sealer.seal_bytes(struct.pack(">Q", last_seq), binding)
+        return base64.urlsafe_b64encode(_VERSION + sealed).decode().rstrip("=")
 
     def _open(self, token: str, binding: bytes) -> int:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             if raw[:1] != _VERSION:
                 raise ValueError("version")
-            nonce, sealed = raw[1 : 1 + _NONCE], raw[1 + _NONCE :]
-            (last_seq,) = struct.unpack(">Q", self._aead.decrypt(nonce, sealed, binding))
+            (last_seq,) = struct.unpack(">Q", self._sealer.open_bytes(raw[1:], binding))
         except (ValueError, InvalidTag, struct.error):
             raise InvalidArgument([("page_token", _REFUSED)]) from None
         if not 0 < last_seq <= _MAX_SEQ:  # only issued tokens open, but be sure

@@ -35,13 +35,20 @@ class Sealer:
         self._aead = AESGCM(key)
 
     def seal(self, secret: str, owner: str) -> bytes:
-        nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, secret.encode(), owner.encode())
+        return self.seal_bytes(secret.encode(), owner.encode())
 
     def open(self, sealed: bytes, owner: str) -> str:
         """The secret; cryptography's InvalidTag if it was not sealed for this owner
         and purpose under this service token."""
-        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], owner.encode()).decode()
+        return self.open_bytes(sealed, owner.encode()).decode()
+
+    def seal_bytes(self, data: bytes, owner: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, data, owner)
+
+    def open_bytes(self, sealed: bytes, owner: bytes) -> bytes:
+        """InvalidTag as open; ValueError for what is too short to be sealed."""
+        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], owner)
 
     def seal_text(self, secret: str, owner: str) -> str:
         """seal, as base64 text: for a secret stored inside a JSON document."""
