@@ -1,4 +1,5 @@
-"""What tests share: a running mesh, users with keys, and expecting RPC errors.
+"""What tests share: a running mesh, users with keys, their scripted model and agents,
+and expecting RPC errors.
 
 Imported by tests as `from support import ...` (pytest puts tests/ on the path).
 """
@@ -21,8 +22,10 @@ import pytest
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
-from agentmesh.gen.registry.v1 import account_pb2
+from agentmesh.gen.providers.v1 import providers_pb2
+from agentmesh.gen.registry.v1 import account_pb2, registry_pb2
 from agentmesh.mesh import Mesh
+from agentmesh.model_server import ModelServer
 from agentmesh.testing.postgres import TemporaryPostgres
 from services import PLUGINS
 
@@ -90,6 +93,30 @@ class Users:
     async def close(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+async def use_model(client: Client, model: ModelServer) -> None:
+    """Makes the user's default provider the scripted model server, with the API key
+    that server expects."""
+    await client.providers.CreateProvider(
+        providers_pb2.CreateProviderRequest(
+            provider=providers_pb2.Provider(
+                display_name="scripted",
+                type=providers_pb2.PROVIDER_TYPE_CUSTOM,
+                base_url=model.base_url,
+                api_key=model.api_key,
+                is_default=True,
+            )
+        )
+    )
+
+
+async def create_agent(client: Client, agent_id: str, **fields: Any) -> registry_pb2.Agent:
+    """The agent `agent_id`, displayed under its id unless `fields` name it otherwise."""
+    agent = registry_pb2.Agent(**{"display_name": agent_id, **fields})
+    return await client.registry.CreateAgent(
+        registry_pb2.CreateAgentRequest(agent=agent, agent_id=agent_id)
+    )
 
 
 async def expect_rpc_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from files_support import READY, index_file, new_store
-from support import Users, expect_rpc_error, running_mesh
+from support import Users, expect_rpc_error, running_mesh, use_model
 
 from agentmesh.gen.files.v1 import files_pb2 as f
 from agentmesh.gen.providers.v1 import providers_pb2 as p
@@ -43,17 +43,7 @@ async def users(mesh) -> AsyncIterator[Users]:
 
 async def tenant(users: Users, model: ModelServer):
     client, user = await users.new(credits=1000)
-    await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="scripted",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model.base_url,
-                api_key=KEY,
-                is_default=True,
-            )
-        )
-    )
+    await use_model(client, model)
     return client, user
 
 

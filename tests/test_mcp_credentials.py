@@ -20,8 +20,8 @@ from google.protobuf import field_mask_pb2, json_format
 from mcp.server.mcpserver import MCPServer
 from rpc_helpers import field_violations
 from starlette.responses import PlainTextResponse
-from support import Users, expect_rpc_error, service_token
-from test_runner import KEY, Tenant, use_model
+from support import Users, expect_rpc_error, service_token, use_model
+from test_runner import KEY, Tenant
 from test_runner_mcp import reason_of, serving, streamable_app, tool_outputs
 from test_traces import stored
 

@@ -36,11 +36,10 @@ from a2a.utils.errors import (
 )
 from aiohttp import web
 from google.protobuf import json_format, struct_pb2
-from support import Users, running_mesh
+from support import Users, create_agent, running_mesh, use_model
 
 from agentmesh.client import Client
 from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
@@ -71,9 +70,7 @@ class Tenant:
     model: ModelServer
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.client.registry.CreateAgent(
-            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
-        )
+        return await create_agent(self.client, agent_id, **fields)
 
     def url(self, agent_id: str) -> str:
         return f"{self.mesh.http_url}/a2a/agents/{agent_id}"
@@ -96,17 +93,7 @@ def _http(key: str | None) -> httpx.AsyncClient:
 async def _tenant(users: Users, model: ModelServer, credits: int = 1000) -> Tenant:
     client, user = await users.new(credits=credits)
     key = await users.admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
-    await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="scripted",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model.base_url,
-                api_key=KEY,
-                is_default=True,
-            )
-        )
-    )
+    await use_model(client, model)
     return Tenant(users.mesh, client, key.secret, model)
 
 

@@ -21,11 +21,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, PaginatedRequestParams
-from support import Users, service_token
+from support import Users, create_agent, service_token, use_model
 
 from agentmesh.client import Client
 from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
@@ -53,9 +52,7 @@ class Tenant:
     mcp_url: str
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.client.registry.CreateAgent(
-            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
-        )
+        return await create_agent(self.client, agent_id, **fields)
 
     @contextlib.asynccontextmanager
     async def mcp(self) -> AsyncIterator[ClientSession]:
@@ -78,17 +75,7 @@ async def new_tenant(users: Users) -> AsyncIterator[Tenant]:
     key = (await admin.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))).secret
     await admin.GrantCredits(a.GrantCreditsRequest(user=user.name, amount=1000))
     async with ModelServer(api_key=KEY) as model, Client(users.mesh.address, key) as client:
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="scripted",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         yield Tenant(client, key, model, f"{users.mesh.http_url}/mcp")
 
 

@@ -16,11 +16,10 @@ import httpx
 import openai
 import pytest
 from aiohttp import web
-from support import Users, running_mesh
+from support import Users, create_agent, running_mesh, use_model
 
 from agentmesh.client import Client
 from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
@@ -55,11 +54,7 @@ class Tenant:
     openai: openai.AsyncOpenAI
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.grpc.registry.CreateAgent(
-            r.CreateAgentRequest(
-                agent=r.Agent(display_name=f"The {agent_id}", **fields), agent_id=agent_id
-            )
-        )
+        return await create_agent(self.grpc, agent_id, display_name=f"The {agent_id}", **fields)
 
     async def run(self, response_or_completion_id: str) -> rn.Run:
         run_id = response_or_completion_id.removeprefix("resp_").removeprefix("chatcmpl-")
@@ -74,17 +69,7 @@ class Tenant:
 async def new_tenant(mesh: Mesh, users: Users, model: ModelServer, credits: int) -> Tenant:
     client, user = await users.new(credits=credits)
     key = await users.admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
-    await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="scripted",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model.base_url,
-                api_key=MODEL_KEY,
-                is_default=True,
-            )
-        )
-    )
+    await use_model(client, model)
     # No retries: a test sees each answer as the server gave it.
     api = openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=key.secret, max_retries=0)
     return Tenant(client, user, key.secret, model, api)

@@ -18,10 +18,9 @@ from aiohttp import web
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from rpc_helpers import details_of
-from support import Users, expect_rpc_error, running_mesh
+from support import Users, create_agent, expect_rpc_error, running_mesh, use_model
 
 from agentmesh.client import Client
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.registry.v1 import workflows_pb2 as w
@@ -56,9 +55,7 @@ class Tenant:
     model: ModelServer
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.client.registry.CreateAgent(
-            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
-        )
+        return await create_agent(self.client, agent_id, **fields)
 
     async def run(self, agent: str, text: str = "hello", **fields) -> rn.Run:
         return await self.client.runner.RunAgent(
@@ -69,21 +66,6 @@ class Tenant:
         return await self.client.accounts.GetCreditBalance(
             a.GetCreditBalanceRequest(name=f"{self.user.name}/creditBalance")
         )
-
-
-async def use_model(client: Client, model: ModelServer) -> None:
-    """Makes the user's default provider the scripted model server."""
-    await client.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="scripted",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model.base_url,
-                api_key=KEY,
-                is_default=True,
-            )
-        )
-    )
 
 
 @pytest.fixture

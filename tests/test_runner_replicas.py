@@ -22,15 +22,16 @@ from aiohttp import web
 from google.rpc import error_details_pb2
 from support import (
     Users,
+    create_agent,
     database_url,
     expect_rpc_error,
     mesh_settings,
     running_mesh,
     start_agentmesh,
+    use_model,
 )
 
 from agentmesh.client import Client
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
@@ -88,9 +89,7 @@ class Tenant:
     key: str  # an API key of the user's
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.a.registry.CreateAgent(
-            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
-        )
+        return await create_agent(self.a, agent_id, **fields)
 
 
 async def new_tenant(users: Users, address_b: str, model: ModelServer, credits=1000) -> Tenant:
@@ -98,17 +97,7 @@ async def new_tenant(users: Users, address_b: str, model: ModelServer, credits=1
     key = await users.admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=user.name))
     client_b = Client(address_b, key.secret)
     users._clients.append(client_b)
-    await client_a.providers.CreateProvider(
-        p.CreateProviderRequest(
-            provider=p.Provider(
-                display_name="scripted",
-                type=p.PROVIDER_TYPE_CUSTOM,
-                base_url=model.base_url,
-                api_key=KEY,
-                is_default=True,
-            )
-        )
-    )
+    await use_model(client_a, model)
     return Tenant(client_a, client_b, user, model, key.secret)
 
 

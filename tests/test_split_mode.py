@@ -20,8 +20,8 @@ import openai
 import psycopg
 import pytest
 from files_support import READY, index_file, new_store, search
-from support import expect_rpc_error, start_agentmesh, stop_agentmesh
-from test_runner import KEY, use_model
+from support import expect_rpc_error, start_agentmesh, stop_agentmesh, use_model
+from test_runner import KEY
 
 from agentmesh.client import Client
 from agentmesh.gateway import Gateway

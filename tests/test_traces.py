@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from support import Users, database_url, expect_rpc_error, mesh_settings
-from test_runner import KEY, Tenant, endpoint, http_tool, use_model  # noqa: F401 - fixture
+from support import Users, database_url, expect_rpc_error, mesh_settings, use_model
+from test_runner import KEY, Tenant, endpoint, http_tool  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from agentmesh.cli import app

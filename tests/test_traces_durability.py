@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from support import Users, database_url, mesh_settings
-from test_runner import KEY, use_model
+from support import Users, database_url, mesh_settings, use_model
+from test_runner import KEY
 
 from agentmesh.events import EventBus
 from agentmesh.gen.registry.v1 import registry_pb2 as r

@@ -27,13 +27,12 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.rpc import error_details_pb2
 from rpc_helpers import details_of
 from sqlalchemy import update
-from support import Users, expect_rpc_error, running_mesh
+from support import Users, create_agent, expect_rpc_error, running_mesh, use_model
 from typer.testing import CliRunner, Result
 
 from agentmesh.cli import app
 from agentmesh.client import Client
 from agentmesh.events import event_spec
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.registry.v1 import workflows_pb2 as w
@@ -82,9 +81,7 @@ class Tenant:
     model: ModelServer
 
     async def agent(self, agent_id: str, **fields) -> r.Agent:
-        return await self.client.registry.CreateAgent(
-            r.CreateAgentRequest(agent=r.Agent(display_name=agent_id, **fields), agent_id=agent_id)
-        )
+        return await create_agent(self.client, agent_id, **fields)
 
     async def runs(self, agent: str) -> list[rn.Run]:
         found = await self.client.runner.ListRuns(rn.ListRunsRequest(agent=agent, page_size=1000))
@@ -96,17 +93,7 @@ async def tenant(users) -> AsyncIterator[Tenant]:
     """A user with credits whose default provider is its own scripted model server."""
     async with ModelServer(api_key=KEY) as model:
         client, user = await users.new(credits=10_000)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="scripted",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         yield Tenant(client, user, model)
 
 

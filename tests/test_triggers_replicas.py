@@ -15,9 +15,8 @@ from datetime import UTC, timedelta
 import pytest
 from aiohttp import web
 from google.protobuf import duration_pb2
-from support import Users, database_url, mesh_settings, running_mesh
+from support import Users, database_url, mesh_settings, running_mesh, use_model
 
-from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.gen.triggers.v1 import schedules_pb2 as s
@@ -85,17 +84,7 @@ async def test_each_tick_starts_one_run_and_each_run_is_delivered_once(replicas,
     users = Users(replicas[0])
     async with ModelServer(api_key=KEY) as model:
         client, _ = await users.new(credits=10_000)
-        await client.providers.CreateProvider(
-            p.CreateProviderRequest(
-                provider=p.Provider(
-                    display_name="scripted",
-                    type=p.PROVIDER_TYPE_CUSTOM,
-                    base_url=model.base_url,
-                    api_key=KEY,
-                    is_default=True,
-                )
-            )
-        )
+        await use_model(client, model)
         agent = await client.registry.CreateAgent(
             r.CreateAgentRequest(agent=r.Agent(display_name="clock"), agent_id="clock")
         )

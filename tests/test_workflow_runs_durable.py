@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from support import Users, database_url, mesh_settings, running_mesh
+from support import Users, database_url, mesh_settings, running_mesh, use_model
 from test_runner import KEY as RUNNER_KEY
 from test_runner import Tenant as RunnerTenant
-from test_runner import endpoint, http_tool, use_model  # noqa: F401 - fixtures
+from test_runner import endpoint, http_tool  # noqa: F401 - fixtures
 from test_runner_replicas import FAST, KEY, _serve_runner, child_env, new_tenant, texts
 
 from agentmesh.client import Client
