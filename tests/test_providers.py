@@ -14,10 +14,12 @@ import openai
 import pytest
 from google.protobuf import field_mask_pb2
 from rpc_helpers import field_violations
-from support import admin_key, service_token
+from sqlalchemy import text
+from support import admin_key, database_url, service_token
 
 from agentmesh.client import Client
 from agentmesh.config import Settings
+from agentmesh.db import create_engine, dispose
 from agentmesh.errors import Aborted
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2
@@ -55,11 +57,31 @@ def _settings(data_dir, store: str, vault: DevVault | None) -> Settings:
 
 @pytest.fixture(scope="session", params=["vault", "local"])
 async def providers_mesh(request, tmp_path_factory):
+    """Production's shape (Vault, Postgres) and the embedded one (local store, SQLite)."""
     store = request.param
     dev_vault = request.getfixturevalue("vault") if store == "vault" else None
     data_dir = tmp_path_factory.mktemp(f"providers-{store}")
-    async with Mesh(_settings(data_dir, store, dev_vault), PLUGINS) as mesh:
+    settings = _settings(data_dir, store, dev_vault)
+    if store == "vault":
+        postgres = request.getfixturevalue("postgres")
+        settings = settings.model_copy(
+            update={"database_url": database_url("postgres", postgres, data_dir)}
+        )
+    async with Mesh(settings, PLUGINS) as mesh:
         yield mesh
+
+
+async def _stored_rows(mesh) -> bytes:
+    """Everything the providers database holds, as bytes to search."""
+    engine = create_engine(mesh.settings.database_url_for("providers"))
+    async with engine.connect() as conn:
+        rows = [
+            row
+            for table in ("providers", "secret_intents")
+            for row in (await conn.execute(text(f"SELECT * FROM {table}"))).all()
+        ]
+    await dispose(engine)
+    return repr(rows).encode()
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +158,10 @@ async def test_key_goes_to_the_secret_store_and_nowhere_else(
         )
         assert KEY in json.dumps(stored["data"]["data"])
     # Not in the database, not in the encrypted files, not in any log line.
-    assert KEY.encode() not in (settings.data_dir / "providers.db").read_bytes()
+    assert created.name.removeprefix("providers/").encode() in await _stored_rows(providers_mesh)
+    assert KEY.encode() not in await _stored_rows(providers_mesh)
+    if settings.database_url.startswith("sqlite"):
+        assert KEY.encode() not in (settings.data_dir / "providers.db").read_bytes()
     assert KEY.encode() not in _bytes_under(settings.data_dir)
     assert KEY not in caplog.text
 
