@@ -115,6 +115,42 @@ async def test_a_run_answers_and_records_usage_credits_and_conversation(tenant):
     assert [listed_run.name for listed_run in listed.runs] == [run.name]
 
 
+async def test_instructions_read_the_runs_context(tenant):
+    agent = await tenant.agent(
+        "concierge", instructions="Serve a {{ context.tier }} customer in {{ context.city }}."
+    )
+
+    async def instructions(**fields) -> str:
+        tenant.model.enqueue(Reply(text="ok"))
+        run = await tenant.run(agent.name, **fields)
+        assert run.state == State.STATE_SUCCEEDED, run.error
+        return tenant.model.requests[-1].body["messages"][0]["content"]
+
+    async def context(is_default: bool, **values) -> r.Context:
+        return await tenant.client.registry.CreateContext(
+            r.CreateContextRequest(
+                parent=agent.name, context=r.Context(values=values, is_default=is_default)
+            )
+        )
+
+    # No context yet: the template names what is missing.
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_FAILED and "no 'tier'" in run.error.message
+    gold = await context(True, tier="gold", city="Rome")
+    assert await instructions() == "Serve a gold customer in Rome."
+    # A new default replaces the old one at once, for the next run.
+    await context(True, tier="silver", city="Oslo")
+    assert await instructions() == "Serve a silver customer in Oslo."
+    # A named context; the request's values over either.
+    assert await instructions(context=gold.name) == "Serve a gold customer in Rome."
+    values = struct_pb2.Struct()
+    values.update({"city": "Lima"})
+    assert await instructions(context_values=values) == "Serve a silver customer in Lima."
+    # A deleted context is gone for the next run too.
+    await tenant.client.registry.DeleteContext(r.DeleteContextRequest(name=gold.name))
+    await expect_rpc_error(tenant.run(agent.name, context=gold.name), grpc.StatusCode.NOT_FOUND)
+
+
 async def test_streamed_events_come_in_order_and_deltas_make_the_answer(tenant):
     agent = await tenant.agent("streamer")
     words = " ".join(f"word{i}" for i in range(200))
