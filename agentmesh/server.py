@@ -193,7 +193,6 @@ class _Registration:
     servicer: keeps its method handlers, which the real server gets wrapped."""
 
     def __init__(self) -> None:
-        self.service = ""
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def add_generic_rpc_handlers(self, handlers: object) -> None:
@@ -202,7 +201,7 @@ class _Registration:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self.service, self.handlers = service, handlers
+        self.handlers = handlers
 
 
 def _generated_service(servicer: object) -> tuple[ServiceDescriptor, Callable]:
