@@ -156,8 +156,8 @@ class A2aAdapter:
 
     async def _card(self, request: Request) -> Response:
         try:
-            async with self._reach.caller(request):
-                agent = await self._agent(request)
+            await self._reach.authenticate(request)
+            agent = await self._agent(request)
         except Exception as error:
             return _refusal(error, rpc=False)
         # Absolute, from the host the caller reached: right behind the gateway too.

@@ -9,9 +9,6 @@ as a gRPC one: the runner enforces them, not the adapter.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import grpc
 from google.rpc import status_pb2
 from grpc_status import rpc_status
@@ -67,19 +64,10 @@ class Reach:
         self.runner = runner_pb2_grpc.RunnerServiceStub(context.peer("runner"))
         self.registry = registry_pb2_grpc.RegistryServiceStub(context.peer("registry"))
 
-    @contextlib.asynccontextmanager
-    async def caller(self, request: Request) -> AsyncIterator[Principal]:
-        """Authenticates the request's API key; inside, peer calls act for its user."""
-        principal = await bearer_principal(self._authenticator, request)
-        token = set_principal(principal)
-        try:
-            yield principal
-        finally:
-            token.var.reset(token)
-
     async def authenticate(self, request: Request) -> Principal:
         """Authenticates the request's API key and acts for its user from here on in
-        this task (for handlers whose work outlives a `with` block, e.g. a stream)."""
+        this task (each HTTP request has its own, and a streamed answer outlives any
+        block within it)."""
         principal = await bearer_principal(self._authenticator, request)
         set_principal(principal)
         return principal
