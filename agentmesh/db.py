@@ -132,6 +132,9 @@ class Reads:
                 url.database or ":memory:", check_same_thread=False, isolation_level=None
             )
             _sqlite_pragmas(self._sqlite, None)
+            # A WAL reader waits for no writer; should it ever find the database
+            # busy (recovery after a crash), it holds the loop a moment, not 30 s.
+            self._sqlite.execute("PRAGMA busy_timeout=250")
         else:
             self._pool = AsyncConnectionPool(
                 url.set(drivername="postgresql").render_as_string(hide_password=False),
