@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from support import Users, expect_rpc_error, mesh_settings
 from agentmesh.config import Settings
 from agentmesh.gen.files.v1 import files_pb2 as f
 from agentmesh.mesh import Mesh
+from agentmesh.processes import free_port
 from services import plugins_named
 from services.files.blobs import (
     BlobStoreUnavailable,
@@ -65,10 +65,7 @@ def admin_client(endpoint: str):
 
 def closed_endpoint() -> str:
     """An address nothing listens on: connections to it are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def s3_store(endpoint: str, spool: Path, bucket: str = BUCKET, prefix: str = "") -> S3BlobStore:

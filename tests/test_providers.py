@@ -26,6 +26,7 @@ from agentmesh.gen.registry.v1 import account_pb2
 from agentmesh.ids import utc_now
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import ModelServer, Reply, ToolCall
+from agentmesh.processes import free_port
 from agentmesh.testing.vault import DevVault
 from services import PLUGINS
 from services.providers.plugin import secret_store
@@ -125,10 +126,7 @@ def custom(base_url: str, api_key: str = KEY, **fields) -> p.CreateProviderReque
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def _bytes_under(directory) -> bytes:
