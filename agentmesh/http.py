@@ -10,7 +10,6 @@ and reaches other services through `MeshContext.peer`, acting for that caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Sequence
 
@@ -22,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from agentmesh.auth import Authenticator, Principal
 from agentmesh.errors import PermissionDenied
+from agentmesh.tasks import cancel
 
 
 async def bearer_principal(authenticator: Authenticator, request: Request) -> Principal:
@@ -96,8 +96,6 @@ class HttpServer:
             return
         self._server.should_exit = True
         if self._ticks is not None:  # it only keeps the Date header current
-            self._ticks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticks
+            await cancel([self._ticks])
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         self._server = None

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agentmesh.db import UtcDateTime
 from agentmesh.events import EventBus, is_jetstream
 from agentmesh.ids import utc_now
+from agentmesh.tasks import cancel
 
 log = logging.getLogger("agentmesh.outbox")
 
@@ -97,9 +98,7 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
 
     async def _run(self) -> None:
         for event_type in self._types.values():

@@ -27,6 +27,7 @@ from nats.js.client import JetStreamContext
 
 from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.files.v1 import events_pb2
+from agentmesh.tasks import cancel
 from services.files.blobs import BlobStore
 from services.files.embed import LocalEmbedder
 from services.files.embeddings import Embedder, EmbeddingFailed
@@ -200,9 +201,7 @@ class IngestionQueue:
         """Stops at once: a job cut short is not acknowledged, so another replica (or
         this one, restarted) takes it up after the ack wait."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentmesh.gen.runner.v1 import runner_pb2
+from agentmesh.tasks import cancel
 from services.runner import records
 from services.runner.store import RunnerStore
 
@@ -157,8 +158,6 @@ class EventWriter:
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
         with contextlib.suppress(Exception):
             await self.flush()

@@ -29,6 +29,7 @@ from nats.js.client import JetStreamContext
 
 from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.runner.v1 import events_pb2
+from agentmesh.tasks import cancel
 from services.runner.execute import RUN, Executor
 
 log = logging.getLogger("agentmesh.runner")
@@ -78,9 +79,7 @@ class RunQueue:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
         if self._subscription is not None:
             # Leaves the durable consumer to the other replicas; a pull left
             # pending would hold the connection's drain.

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 
 from agentmesh.ids import utc_now
 from agentmesh.outbound import OutboundError, OutboundPolicy, guarded_http_client
+from agentmesh.tasks import cancel
 from services.triggers.records import Attempt
 from services.triggers.signatures import Sealer, sign
 from services.triggers.webhooks_store import WebhookStore
@@ -76,9 +77,7 @@ class Deliverer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
         await self._client.aclose()
 
     async def _run(self) -> None:

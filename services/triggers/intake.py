@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.runner.v1 import events_pb2, runner_pb2
 from agentmesh.names import ResourceName
+from agentmesh.tasks import cancel
 from services.triggers.records import Event
 from services.triggers.webhooks_store import WebhookStore
 
@@ -152,11 +153,7 @@ class RunEvents:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(self._tasks)
         for subscription in self._subscriptions:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
