@@ -118,6 +118,19 @@ def test_a_blob_is_put_under_its_hash_with_its_checksum_read_back_and_deleted(s3
         store.read(sha256)
 
 
+def test_bytes_that_changed_after_hashing_are_refused_by_the_server(s3, tmp_path):
+    store = s3_store(s3, tmp_path, prefix="changed")
+    writer = store.writer(1024)
+    writer.write(b"the bytes as uploaded")
+    writer.close()
+    writer.path.write_bytes(b"the bytes as spooled")  # the spool, damaged after the hash
+    with pytest.raises(BlobStoreUnavailable) as refused:
+        store.commit(writer)
+    assert "(BadDigest)" in refused.value.message
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="changed/")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_same_bytes_twice_are_one_object(s3, tmp_path):
     store = s3_store(s3, tmp_path, prefix="twice")
     data = b"identical bytes, uploaded twice"
