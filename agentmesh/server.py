@@ -29,10 +29,12 @@ from grpc_status import rpc_status
 
 from agentmesh.api import validate
 from agentmesh.auth import Authenticator, Principal, caller_for_logs, set_principal
+from agentmesh.db import unreachable
 from agentmesh.errors import (
     InvalidArgument,
     PermissionDenied,
     ServiceError,
+    Unavailable,
     Unimplemented,
     internal_status,
 )
@@ -158,6 +160,10 @@ def _log_ok(method: str, started: float) -> None:
 
 async def _abort(context, method: str, started: float, error: BaseException):
     elapsed = (time.perf_counter() - started) * 1000
+    if unreachable(error):
+        # Named by type only: a driver's message can hold the database's address.
+        log.warning("%s: the database is unreachable (%s)", method, type(error).__name__)
+        error = Unavailable("the service's database is unreachable; try again")
     if isinstance(error, NotImplementedError):
         # A generated servicer's default: the contract has the method, this build not yet.
         error = Unimplemented(f"{method} is not implemented in this version of agentmesh")

@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from agentmesh.db import unreachable
+
 
 def every(
     seconds: float, what: str, job: Callable[[], Awaitable[object]], log: logging.Logger
@@ -19,8 +21,11 @@ def every(
             await asyncio.sleep(seconds)
             try:
                 await job()
-            except Exception:  # noqa: BLE001 - tried again next time
-                log.exception("%s failed", what)
+            except Exception as error:  # noqa: BLE001 - tried again next time
+                if unreachable(error):  # an outage, not a bug: one line a try
+                    log.warning("%s failed: the database is unreachable", what)
+                else:
+                    log.exception("%s failed", what)
 
     return asyncio.create_task(loop(), name=f"{log.name}: {what}")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import JSON, Integer, String, bindparam, select
+from sqlalchemy import JSON, Integer, String, bindparam, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from support import database_url
 
@@ -68,3 +69,27 @@ async def test_reads_return_the_engines_rows(engine):
     async with engine.begin() as conn:
         await conn.execute(_Thing.__table__.delete().where(_Thing.id == 1))
     assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [2]
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_read_outlives_its_pooled_connections(engine):
+    """Pooled connections the server closed (a restart ends them all) cost the read
+    nothing: it runs again on a new one. (SQLite's reader is a local file.)"""
+    async with engine.begin() as conn:
+        await conn.execute(
+            _Thing.__table__.insert(),
+            [{"id": 1, "owner": "a", "body": {}, "time": datetime.now(UTC)}],
+        )
+    reads = Reads(engine)
+    # Reads at once: the pool holds several connections, each about to be ended.
+    together = await asyncio.gather(*(reads.all(_BY_OWNER, {"owner": "a"}) for _ in range(8)))
+    assert all([row.id for row in rows] == [1] for rows in together)
+    async with engine.connect() as conn:
+        ended = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        assert ended.all()  # the reader's connection was among them
+    assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [1]

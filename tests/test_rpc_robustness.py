@@ -20,6 +20,7 @@ from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.mesh import Mesh
 from agentmesh.server import GrpcServer
+from agentmesh.testing.postgres import TemporaryPostgres
 from services import plugins_named
 
 TOKEN = "robustness-service-token"
@@ -131,3 +132,34 @@ async def test_a_registry_outage_answers_unavailable_not_unauthenticated(tmp_pat
             await client.providers.ListProviders(p.ListProvidersRequest())
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     assert details_of(error.value, error_details_pb2.RetryInfo)
+
+
+async def test_a_database_outage_answers_unavailable_and_passes(tmp_path, caplog):
+    """Postgres down (crashed, restarting): reads on the driver's pool and on the
+    engine, and writes, answer UNAVAILABLE to retry, never INTERNAL; once it is back
+    the same service answers again, with nothing written while it was down."""
+    with TemporaryPostgres() as postgres:
+        url = postgres.create_database("outage")
+        registry = Mesh(mesh_settings(tmp_path, database_url=url), plugins_named("registry"))
+        async with registry, Client(registry.address, admin_key(registry)) as client:
+            agent = await client.registry.CreateAgent(
+                r.CreateAgentRequest(agent=r.Agent(display_name="steady"))
+            )
+            calls = {
+                "GetAgent": lambda: client.registry.GetAgent(r.GetAgentRequest(name=agent.name)),
+                "ListAgents": lambda: client.registry.ListAgents(r.ListAgentsRequest()),
+                "CreateAgent": lambda: client.registry.CreateAgent(
+                    r.CreateAgentRequest(agent=r.Agent(display_name="while down"))
+                ),
+            }
+            with postgres.outage(), caplog.at_level(logging.WARNING):
+                for name, call in calls.items():
+                    with pytest.raises(grpc.aio.AioRpcError) as error:
+                        await call()
+                    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, name
+                    assert "database is unreachable" in error.value.details(), name
+                    assert details_of(error.value, error_details_pb2.RetryInfo), name
+            assert "INTERNAL" not in caplog.text and "Traceback" not in caplog.text
+            assert (await calls["GetAgent"]()).name == agent.name
+            listed = await calls["ListAgents"]()
+            assert [a.display_name for a in listed.agents] == ["steady"]

@@ -6,12 +6,14 @@ system PostgreSQL on 5432 and leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -125,6 +127,19 @@ class TemporaryPostgres:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             self._port = None
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """The server down while the block runs (its connections ended, as by a
+        restart), then up again on the same port with the same data. A fast stop, not
+        an immediate one: this cluster runs without fsync or synchronous commit, so a
+        crash would lose what was just committed."""
+        self._run("pg_ctl", "-D", str(self._data_dir), "-m", "fast", "-w", "stop")
+        self._running = False
+        try:
+            yield
+        finally:
+            self._start_server()
 
     def __enter__(self) -> TemporaryPostgres:
         self.start()
