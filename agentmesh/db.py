@@ -211,7 +211,10 @@ class Reads:
         if self._sqlite is not None:
             self._sqlite.close()
         if self._pool is not None:
-            await self._pool.close()
+            try:  # waits for reads in flight, but not for a server that stopped answering
+                await asyncio.wait_for(self._pool.close(), _ACQUIRE_SECONDS)
+            except TimeoutError:
+                self._pool.terminate()
 
 
 # A connection closed under a read, one refused or not made in time, or the server
