@@ -159,7 +159,11 @@ async def test_a_database_outage_answers_unavailable_and_passes(tmp_path, caplog
                     assert error.value.code() == grpc.StatusCode.UNAVAILABLE, name
                     assert "database is unreachable" in error.value.details(), name
                     assert details_of(error.value, error_details_pb2.RetryInfo), name
-            assert "INTERNAL" not in caplog.text and "Traceback" not in caplog.text
+            # The mesh's own lines (not what other tests' servers may still log).
+            ours = [record for record in caplog.records if record.name.startswith("agentmesh")]
+            assert ours and not [
+                record for record in ours if record.levelno >= logging.ERROR or record.exc_info
+            ]
             assert (await calls["GetAgent"]()).name == agent.name
             listed = await calls["ListAgents"]()
             assert [a.display_name for a in listed.agents] == ["steady"]
