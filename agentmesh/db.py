@@ -224,7 +224,6 @@ class Reads:
 # shutting down: another connection may work, and if none does, the database is down.
 _CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # what a read on a connection the server just ended may see
     asyncpg.exceptions.OperatorInterventionError,
     OSError,
