@@ -3,6 +3,7 @@ or pass a registry outage off as bad credentials."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -15,11 +16,14 @@ from support import admin_key, mesh_settings
 
 from agentmesh.auth import Authenticator
 from agentmesh.client import Client
+from agentmesh.db import create_engine, dispose
 from agentmesh.gen.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.mesh import Mesh
+from agentmesh.processes import free_port
 from agentmesh.server import GrpcServer
+from agentmesh.tasks import cancel, every
 from agentmesh.testing.postgres import TemporaryPostgres
 from services import plugins_named
 
@@ -167,3 +171,45 @@ async def test_a_database_outage_answers_unavailable_and_passes(tmp_path, caplog
             assert (await calls["GetAgent"]()).name == agent.name
             listed = await calls["ListAgents"]()
             assert [a.display_name for a in listed.agents] == ["steady"]
+
+
+async def test_a_background_job_logs_an_outage_in_a_line_and_a_bug_with_its_traceback(caplog):
+    """A periodic job (a sweep, a relay) that cannot reach its database says so in one
+    warning line a try; any other failure keeps its traceback. Both are tried again."""
+    engine = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+
+    async def sweep() -> None:
+        async with engine.connect():  # refused: nothing listens there
+            pass
+
+    async def audit() -> None:
+        raise RuntimeError("a bug in the audit")
+
+    log = logging.getLogger("agentmesh.test.jobs")
+    tries = {"the sweep": 0, "the audit": 0}
+    retried = asyncio.Event()
+
+    def counted(what: str, job):
+        async def counted_job() -> None:
+            tries[what] += 1
+            if min(tries.values()) > 2:  # each has failed, and been logged, twice
+                retried.set()
+            await job()
+
+        return every(0.01, what, counted_job, log)
+
+    def lines(what: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith(f"{what} failed")]
+
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        jobs = [counted("the sweep", sweep), counted("the audit", audit)]
+        await asyncio.wait_for(retried.wait(), 10)
+        await cancel(jobs)
+    await dispose(engine)
+    sweeps, audits = lines("the sweep"), lines("the audit")
+    assert len(sweeps) >= 2 and len(audits) >= 2
+    assert all(
+        r.levelno == logging.WARNING and r.exc_info is None and "unreachable" in r.getMessage()
+        for r in sweeps
+    )
+    assert all(r.levelno == logging.ERROR and r.exc_info for r in audits)
