@@ -28,6 +28,8 @@ class ChildServer:
 
     name = "server"
     poll_interval = 0.02
+    # What stop() sends first; after 10 s, SIGKILL.
+    stop_signal = signal.SIGTERM
 
     def __init__(self, *, startup_timeout: float = 30.0) -> None:
         self._startup_timeout = startup_timeout
@@ -145,7 +147,7 @@ class ChildServer:
     def _terminate(self) -> None:
         if self._process is not None:
             if self._process.poll() is None:
-                self._signal(signal.SIGTERM)
+                self._signal(self.stop_signal)
                 try:
                     self._process.wait(timeout=10)
                 except subprocess.TimeoutExpired:

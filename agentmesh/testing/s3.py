@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class DevS3(ChildServer):
 
     name = "weed"
     poll_interval = 0.05
+    # Its data goes with its directory, and a graceful stop takes weed 10-15 s.
+    stop_signal = signal.SIGKILL
     region = "us-east-1"
 
     def __init__(self, buckets: tuple[str, ...] = (), *, startup_timeout: float = 60.0) -> None:
