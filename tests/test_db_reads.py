@@ -1,4 +1,5 @@
-"""Point reads on the driver (agentmesh.db.Reads) return what the engine returns."""
+"""The database layer: point reads on the driver (agentmesh.db.Reads) return what the
+engine returns, and the engine's transactions of one process take turns."""
 
 from __future__ import annotations
 
@@ -93,3 +94,50 @@ async def test_a_read_outlives_its_pooled_connections(engine):
         )
         assert ended.all()  # the reader's connection was among them
     assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [1]
+
+
+async def test_write_transactions_in_flight_together_take_turns_and_never_stall_the_loop(engine):
+    """Several transactions of one process, each waiting on something between its
+    writes, all commit, and the event loop runs throughout. (SQLite's statements
+    run on the loop's thread: two connections writing at once would find each
+    other's lock and sleep there, holding the loop and the other transaction.)
+    A transaction that fails leaves nothing behind and breaks nothing after it."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async def write(owner: str) -> None:
+        async with engine.begin() as conn:
+            for id_ in (1, 2):
+                await conn.execute(
+                    _Thing.__table__.insert(),
+                    {"id": hash((owner, id_)) % 10**9, "owner": owner, "body": {}, "time": now},
+                )
+                await asyncio.sleep(0.02)  # a network call, say, mid-transaction
+
+    async def fail() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                _Thing.__table__.insert(),
+                {"id": 7, "owner": "failed", "body": {}, "time": now},
+            )
+            raise RuntimeError("a bug mid-transaction")
+
+    now = datetime.now(UTC)
+    ticker = asyncio.create_task(tick())
+    owners = [f"writer-{n}" for n in range(4)]
+    with pytest.raises(RuntimeError):
+        await fail()
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(asyncio.gather(*(write(owner) for owner in owners)), 10)
+    elapsed = asyncio.get_running_loop().time() - started
+    ticker.cancel()
+    # At least one tick per 5 ms slice the writers took, give or take a busy machine.
+    assert ticks >= elapsed / 0.005 / 4
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(_Thing.owner))).scalars().all()
+    assert sorted(rows) == sorted(owner for owner in owners for _ in (1, 2))

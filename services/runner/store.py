@@ -6,11 +6,8 @@ contract's enum numbers, which the store only compares.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -338,7 +335,6 @@ class LeasedRows:
     # The table's ORM class (id, owner, state, lease_expire_time), and the store's.
     _row: Any
     engine: AsyncEngine
-    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
     def _held(self, owner: str, ids: Sequence[str]) -> tuple[Any, ...]:
         row = self._row
@@ -349,7 +345,7 @@ class LeasedRows:
         still holds (a live one missing from them was taken over)."""
         if not run_ids:
             return set()
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             rows = await conn.execute(
                 update(self._row)
                 .where(*self._held(owner, run_ids))
@@ -363,7 +359,7 @@ class LeasedRows:
         them over without waiting for the lease to run out."""
         if not run_ids:
             return
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 update(self._row)
                 .where(*self._held(owner, run_ids))
@@ -392,20 +388,6 @@ class RunnerStore(LeasedRows):
         self.engine = engine
         # The RunQueued event for (run id, user id), staged when a run is queued.
         self._queued_event = queued_event
-        self._writers = asyncio.Lock() if engine.dialect.name == "sqlite" else None
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. On SQLite this process's writers take turns here:
-        SQLite has one writer at a time, and one that finds the lock taken sleeps
-        in growing steps (up to 100 ms each), which under load is most of a run's
-        time. Postgres locks rows, and its writers need no turns."""
-        if self._writers is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._writers, self.engine.begin() as conn:
-            yield conn
 
     # ---- starting runs -------------------------------------------------------
 
@@ -419,7 +401,7 @@ class RunnerStore(LeasedRows):
         and ROLLBACK), or ConversationBusy is raised.
         """
         try:
-            async with self._write() as conn:
+            async with self.engine.begin() as conn:
                 if new_conversation:
                     await conn.execute(
                         insert(ConversationRow).values(
@@ -517,7 +499,7 @@ class RunnerStore(LeasedRows):
         """Makes the run RUNNING and `owner`'s if `conditions` hold; at a safe point
         (a start, a resume) it becomes replayable from there."""
         now = utc_now()
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             values: dict[str, Any] = {
                 "state": records.RUNNING,
                 "owner": owner,
@@ -539,13 +521,13 @@ class RunnerStore(LeasedRows):
 
     async def append_events(self, run_events: Sequence[tuple[str, int, bytes]]) -> None:
         """Events of live runs, (run id, sequence, RunEvent), many runs' in one INSERT."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await _insert_events(conn, run_events)
 
     async def unreplayable(self, run_id: str, owner: str) -> bool:
         """A tool is about to run: from now on the run must not be replayed. False
         when the run is no longer `owner`'s."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(RunRow)
                 .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.state == records.RUNNING)
@@ -554,7 +536,7 @@ class RunnerStore(LeasedRows):
         return result.rowcount == 1
 
     async def set_reservations(self, run_id: str, owner: str, reservations: list[str]) -> None:
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 update(RunRow)
                 .where(RunRow.id == run_id, RunRow.owner == owner)
@@ -564,7 +546,7 @@ class RunnerStore(LeasedRows):
     async def discard_replayed_items(self, run: records.Run) -> None:
         """What a lost run added to its conversation after its safe point: a replay
         adds it again."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 delete(ConversationItemRow).where(
                     ConversationItemRow.conversation_id == run.conversation_id,
@@ -593,7 +575,7 @@ class RunnerStore(LeasedRows):
         when it is not.
         """
         try:
-            async with self._write() as conn:
+            async with self.engine.begin() as conn:
                 await self._update_run(conn, run, owner, expect_state)
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
                 for event in outbox:
@@ -614,7 +596,7 @@ class RunnerStore(LeasedRows):
         owner: str | None = None,
     ) -> bool:
         try:
-            async with self._write() as conn:
+            async with self.engine.begin() as conn:
                 await self._update_run(conn, run, owner, None)
                 await conn.execute(insert(ApprovalRow), [_approval_values(a) for a in approvals])
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
@@ -721,7 +703,7 @@ class RunnerStore(LeasedRows):
     async def requeue_stalled(self, before: datetime, limit: int = 100) -> int:
         """Announces again queued runs no replica claimed since `before` (their
         message was lost: claims are conditional, so a second one is harmless)."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             stalled = await conn.execute(
                 update(RunRow)
                 .where(
@@ -766,7 +748,7 @@ class RunnerStore(LeasedRows):
             ).all()
         handed = 0
         for (conversation_id,) in free:
-            async with self._write() as conn:
+            async with self.engine.begin() as conn:
                 locked = await conn.execute(
                     update(ConversationRow)
                     .where(
@@ -870,7 +852,7 @@ class RunnerStore(LeasedRows):
         self, approval: records.Approval, state: int, pending: int, reason: str, decided_by: str
     ) -> bool:
         """Records a decision if the approval is still pending; False if another won."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(ApprovalRow)
                 .where(ApprovalRow.id == approval.id, ApprovalRow.state == pending)
@@ -935,7 +917,7 @@ class RunnerStore(LeasedRows):
         return Page(conversations, last_seq)
 
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             found = await self._conversation(conn, user_id, conversation_id)
             if found.active_run:
                 raise FailedPrecondition(
@@ -990,7 +972,7 @@ class RunnerStore(LeasedRows):
         another replica now runs on; RunLost then."""
         if not items:
             return
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             if owner is not None:
                 held = await conn.execute(
                     update(RunRow)
@@ -1023,7 +1005,7 @@ class RunnerStore(LeasedRows):
         )
 
     async def pop_session_item(self, conversation_id: str) -> dict | None:
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
                     select(ConversationItemRow)
@@ -1040,7 +1022,7 @@ class RunnerStore(LeasedRows):
         return json.loads(row.item)
 
     async def clear_session(self, conversation_id: str) -> None:
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 delete(ConversationItemRow).where(
                     ConversationItemRow.conversation_id == conversation_id
@@ -1069,7 +1051,7 @@ class RunnerStore(LeasedRows):
         must not take the summarised history with it.
         """
         now = utc_now()
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             first = (
                 await conn.execute(
                     delete(ConversationItemRow)
@@ -1102,7 +1084,7 @@ class RunnerStore(LeasedRows):
     async def delete_idle_conversations(self, before: datetime, limit: int) -> int:
         """Deletes up to `limit` conversations unused since `before` (with their items)
         that no run holds."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             idle = [
                 row.id
                 for row in await conn.execute(
@@ -1137,7 +1119,7 @@ class RunnerStore(LeasedRows):
     async def forget_ended_runs(self, before: datetime, limit: int) -> int:
         """Drops the event logs and saved SDK state of up to `limit` runs that ended
         before `before`; the runs themselves (what they cost, how they ended) stay."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             ended = [
                 row.id
                 for row in await conn.execute(

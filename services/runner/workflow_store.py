@@ -188,13 +188,12 @@ class Started:
 
 
 class WorkflowStore(LeasedRows):
-    """Shares the runner's database, write turns and outbox (RunnerStore)."""
+    """Shares the runner's database and outbox (RunnerStore)."""
 
     _row = WorkflowRunRow
 
     def __init__(self, runs: RunnerStore, queued_event: Callable[[str, str], Any]):
         self.engine = runs.engine
-        self._write = runs._write  # noqa: SLF001 - one writer's turn for the whole runner
         # The RunQueued event for (workflow run id, user id).
         self._queued_event = queued_event
 
@@ -202,7 +201,7 @@ class WorkflowStore(LeasedRows):
         """Inserts the run with its first events; a QUEUED one is announced on the
         work queue in the same transaction."""
         try:
-            async with self._write() as conn:
+            async with self.engine.begin() as conn:
                 await conn.execute(insert(WorkflowRunRow).values(**_values(run, _COLUMNS)))
                 await _insert_events(conn, run.id, events)
                 if run.state == records.QUEUED:
@@ -230,7 +229,7 @@ class WorkflowStore(LeasedRows):
             conditions += [WorkflowRunRow.owner == owner, WorkflowRunRow.state == records.RUNNING]
         if expect_state is not None:
             conditions.append(WorkflowRunRow.state == expect_state)
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             updated = await conn.execute(
                 update(WorkflowRunRow).where(*conditions).values(**_values(run, _CHANGING))
             )
@@ -242,7 +241,7 @@ class WorkflowStore(LeasedRows):
         return True
 
     async def request_cancel(self, run_id: str) -> None:
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 update(WorkflowRunRow)
                 .where(WorkflowRunRow.id == run_id)
@@ -271,7 +270,7 @@ class WorkflowStore(LeasedRows):
             "attempts": 1 if fresh else WorkflowRunRow.attempts + 1,
             "update_time": now,
         }
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             claimed = await conn.execute(
                 update(WorkflowRunRow)
                 .where(WorkflowRunRow.id == run_id, *conditions)
@@ -342,7 +341,7 @@ class WorkflowStore(LeasedRows):
     async def forget_ended_runs(self, before: datetime, limit: int) -> int:
         """Drops the event logs of up to `limit` workflow runs that ended before
         `before`; the runs themselves (their steps, what they cost) stay."""
-        async with self._write() as conn:
+        async with self.engine.begin() as conn:
             ended = [
                 row.id
                 for row in await conn.execute(
