@@ -247,12 +247,16 @@ class Reads:
     tens of microseconds, less than a hop to a thread and back, and in WAL mode a
     reader never waits for a writer.
 
-    Postgres: asyncpg, whose pool connects on demand. A restart costs one read a
-    retry, an outage answers UNAVAILABLE at once, and the first read after it
-    succeeds. (psycopg's pool reconnects in the background with a growing backoff:
-    after a minute's outage its reads failed for 20 s more.) asyncpg also costs
-    about a third less CPU a read than psycopg's async connections, and prepares
-    each statement once per connection.
+    Postgres: asyncpg connections in a few slots, each connected when a read first
+    needs it. A read takes a slot, and a connection the server ended (a restart, an
+    idle timeout) is replaced there and the read, which changes nothing, runs again:
+    a restart costs each slot one retry, an outage answers UNAVAILABLE at once, and
+    the first read after it succeeds. (psycopg's pool reconnects in the background
+    with a growing backoff: after a minute's outage its reads failed for 20 s
+    more.) asyncpg costs about a third less CPU a read than psycopg's async
+    connections and prepares each statement once per connection; its own pool's
+    acquire and release cost a read another 100 us or so (a task to shield each
+    release, a proxy, a timeout scope) for what a queue of slots does here.
 
     Statements must be built once (module constants, parameters as bindparams): each
     is compiled on first use and kept. Closed by dispose() with the engine.
@@ -263,7 +267,6 @@ class Reads:
         self._dialect: Any = engine.dialect
         self._compiled: dict[int, _Compiled] = {}
         self._sqlite: sqlite3.Connection | None = None
-        self._pool: asyncpg.Pool | None = None
         if url.get_backend_name() == "sqlite":
             # One connection: reads run one at a time on the loop's thread.
             self._sqlite = sqlite3.connect(
@@ -277,7 +280,12 @@ class Reads:
             self._dialect = asyncpg_dialect()  # $1 parameters, asyncpg's result types
             self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._connections = connections
-            self._opened = asyncio.Lock()
+            # A slot is None until a read connects there, and again once its
+            # connection was lost; LIFO, so idle slots stay idle.
+            self._slots: asyncio.LifoQueue[asyncpg.Connection | None] = asyncio.LifoQueue()
+            for _ in range(connections):
+                self._slots.put_nowait(None)
+            self._closed = False
         _READS.setdefault(engine, []).append(self)
 
     async def first(self, statement: Select, params: Mapping | None = None) -> Any:
@@ -291,51 +299,63 @@ class Reads:
         if self._sqlite is not None:
             records = self._sqlite.execute(compiled.sql, compiled.values(params)).fetchall()
             return [compiled.row(record) for record in records]
-        pool = await self._open()
+        connection = await self._slots.get()
         try:
             try:
-                return await self._read(pool, compiled, params)
+                connection = await self._connected(connection)
+                records = await connection.fetch(compiled.sql, *compiled.values(params))
             except _CONNECTION_LOST:
-                # A pooled connection the server closed (a restart, an idle timeout),
-                # and after a restart all the others too: each is replaced when next
-                # taken, and the read, which changes nothing, runs again.
-                await pool.expire_connections()
-                return await self._read(pool, compiled, params)
-        except _CONNECTION_LOST:
-            raise Unavailable("the service's database is unreachable; try again") from None
-
-    @staticmethod
-    async def _read(pool: asyncpg.Pool, compiled: _Compiled, params: Mapping | None) -> list:
+                _discard(connection)
+                connection = None
+                connection = await self._connected(None)
+                records = await connection.fetch(compiled.sql, *compiled.values(params))
+        except BaseException as error:
+            # Lost, cancelled or failed mid-read: the connection's state is unknown.
+            _discard(connection)
+            connection = None
+            if isinstance(error, _CONNECTION_LOST):
+                raise Unavailable("the service's database is unreachable; try again") from None
+            raise
+        finally:
+            if self._closed:
+                _discard(connection)
+                connection = None
+            self._slots.put_nowait(connection)
         # No timeout of its own (asyncio's timeouts cost a read several percent): a
-        # connection is free once a read in flight ends, and a new one is made
-        # within the connect timeout or refused.
-        async with pool.acquire() as conn:
-            records = await conn.fetch(compiled.sql, *compiled.values(params))
+        # slot is free once a read in flight ends, and a connection is made within
+        # the connect timeout or refused.
         return [compiled.row(record) for record in records]
 
-    async def _open(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._opened:
-                if self._pool is None:
-                    # min_size 0: nothing connects until a read needs it.
-                    self._pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=0,
-                        max_size=self._connections,
-                        init=_json_codecs,
-                        reset=_unchanged,
-                        timeout=_CONNECT_SECONDS,
-                    )
-        return self._pool
+    async def _connected(self, connection: asyncpg.Connection | None) -> asyncpg.Connection:
+        if connection is not None and not connection.is_closed():
+            return connection
+        connection = await asyncpg.connect(self._dsn, timeout=_CONNECT_SECONDS)
+        try:
+            await _json_codecs(connection)
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
 
     async def close(self) -> None:
         if self._sqlite is not None:
             self._sqlite.close()
-        if self._pool is not None:
-            try:  # waits for reads in flight, but not for a server that stopped answering
-                await asyncio.wait_for(self._pool.close(), _CONNECT_SECONDS)
-            except TimeoutError:
-                self._pool.terminate()
+            return
+        self._closed = True  # a read in flight ends its connection when it is done
+        try:  # waits for reads in flight, but not for a server that stopped answering
+            async with asyncio.timeout(_CONNECT_SECONDS):
+                for _ in range(self._connections):
+                    if (connection := await self._slots.get()) is not None:
+                        await connection.close()
+        except TimeoutError:
+            while not self._slots.empty():
+                _discard(self._slots.get_nowait())
+
+
+def _discard(connection: asyncpg.Connection | None) -> None:
+    """Ends a connection at once, without a word to the server (it may be gone)."""
+    if connection is not None:
+        connection.terminate()
 
 
 # A connection closed under a read, one refused or not made in time, or the server
@@ -348,11 +368,6 @@ _CONNECTION_LOST = (
     TimeoutError,
 )
 _CONNECT_SECONDS = 5.0
-
-
-async def _unchanged(connection: asyncpg.Connection) -> None:
-    """In place of the reset a pool runs on every connection returned to it (a round
-    trip: RESET ALL, UNLISTEN, ...): a read changes no session state."""
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:

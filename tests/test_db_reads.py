@@ -74,8 +74,8 @@ async def test_reads_return_the_engines_rows(engine):
 
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_read_outlives_its_pooled_connections(engine):
-    """Pooled connections the server closed (a restart ends them all) cost the read
-    nothing: it runs again on a new one. (SQLite's reader is a local file.)"""
+    """Connections the server closed (a restart ends them all) cost the reads
+    nothing: each runs again on a new one. (SQLite's reader is a local file.)"""
     async with engine.begin() as conn:
         await conn.execute(
             _Thing.__table__.insert(),
@@ -92,8 +92,11 @@ async def test_a_read_outlives_its_pooled_connections(engine):
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         )
-        assert ended.all()  # the reader's connection was among them
+        assert ended.all()  # the reader's connections were among them
     assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [1]
+    # And at once again: every connection ended is replaced where a read finds it.
+    together = await asyncio.gather(*(reads.all(_BY_OWNER, {"owner": "a"}) for _ in range(8)))
+    assert all([row.id for row in rows] == [1] for rows in together)
 
 
 async def test_write_transactions_in_flight_together_take_turns_and_never_stall_the_loop(engine):
