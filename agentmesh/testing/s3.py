@@ -35,6 +35,7 @@ class DevS3(ChildServer):
         super().__init__(startup_timeout=startup_timeout)
         self._buckets = buckets
         self._ports: dict[str, int] = {}
+        self._probe: Any = None  # the readiness polls' client, one per start
         self.access_key_id = ""
         self.secret_access_key = ""
 
@@ -76,6 +77,7 @@ class DevS3(ChildServer):
         return self.directory / "s3.json"
 
     def _pick_ports(self) -> None:
+        self._probe = None
         self._ports = {
             f"{part}.port{kind}": free_port(_HOST) for part in _PARTS for kind in ("", ".grpc")
         }
@@ -111,9 +113,11 @@ class DevS3(ChildServer):
         import botocore.exceptions
         from botocore.config import Config
 
-        client = self.client(
-            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
-        )
+        if self._probe is None:
+            self._probe = self.client(
+                config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
+            )
+        client = self._probe
         try:
             existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
             for bucket in set(self._buckets) - existing:
@@ -128,5 +132,5 @@ class DevS3(ChildServer):
             port = self._ports.get(f"{part}.port.grpc")
             if port is not None:
                 Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)
-        self._ports = {}
+        self._ports, self._probe = {}, None
         self.access_key_id = self.secret_access_key = ""
