@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from google.protobuf.message import Message
@@ -23,11 +24,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     insert,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from agentmesh.db import UtcDateTime
 from agentmesh.events import EventBus, is_jetstream
@@ -58,12 +61,19 @@ async def stage(conn: AsyncConnection, table: Table, event: Message) -> None:
     if not is_jetstream(type(event)):
         raise TypeError(f"{event.DESCRIPTOR.full_name} is not a JetStream event")
     await conn.execute(
-        insert(table).values(
-            type=event.DESCRIPTOR.full_name,
-            payload=event.SerializeToString(),
-            create_time=utc_now(),
-        )
+        _insert_into(table),
+        {
+            "type": event.DESCRIPTOR.full_name,
+            "payload": event.SerializeToString(),
+            "create_time": utc_now(),
+        },
     )
+
+
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    """Built once a table: building it costs more than running it on SQLite."""
+    return insert(table)
 
 
 class OutboxRelay:
@@ -81,13 +91,14 @@ class OutboxRelay:
     ):
         self._name = name  # the service: message ids must be unique across outboxes
         self._engine = engine
-        self._table = table
         self._events = events
         self._types = {t.DESCRIPTOR.full_name: t for t in event_types}
         self._poll_seconds = poll_seconds
-        self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # Built once: building a statement costs more than running it on SQLite.
+        self._oldest = select(table).order_by(table.c.seq).limit(batch)
+        self._published = delete(table).where(table.c.seq <= bindparam("b_last"))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self._name}")
@@ -116,11 +127,8 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publishes one batch; returns how many events it published."""
-        table = self._table
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(select(table).order_by(table.c.seq).limit(self._batch))
-            ).all()
+            rows = (await conn.execute(self._oldest)).all()
         published = 0
         try:
             for row in rows:
@@ -130,6 +138,5 @@ class OutboxRelay:
         finally:
             if published:
                 async with self._engine.begin() as conn:
-                    last = rows[published - 1].seq
-                    await conn.execute(delete(table).where(table.c.seq <= last))
+                    await conn.execute(self._published, {"b_last": rows[published - 1].seq})
         return published

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh.errors import FailedPrecondition, NotFound, QuotaExceeded
 from agentmesh.ids import new_id, utc_now
 from services.registry.records import Balance, Reservation
 from services.registry.tables import CreditAccountRow, LedgerRow, ReservationRow
+
+# The statements every run makes (reserve, settle), built once: building one and its
+# cache key cost more than running it on SQLite. WHERE and SET expressions take b_*
+# parameters; plain values come as execution parameters.
+_ACCOUNT = select(CreditAccountRow).where(CreditAccountRow.user_id == bindparam("b_user"))
+_RESERVE = (
+    update(CreditAccountRow)
+    .where(
+        CreditAccountRow.user_id == bindparam("b_user"),
+        CreditAccountRow.balance - CreditAccountRow.reserved >= bindparam("b_amount"),
+    )
+    .values(reserved=CreditAccountRow.reserved + bindparam("b_amount"))
+)
+_INSERT_RESERVATION = insert(ReservationRow)
+_CLOSE_RESERVATION = update(ReservationRow).where(
+    ReservationRow.id == bindparam("b_id"), ReservationRow.state == "open"
+)
+_RESERVATION = select(ReservationRow).where(ReservationRow.id == bindparam("b_id"))
+_CHARGE = (
+    update(CreditAccountRow)
+    .where(CreditAccountRow.user_id == bindparam("b_user"))
+    .values(
+        reserved=CreditAccountRow.reserved - bindparam("b_amount"),
+        balance=CreditAccountRow.balance - bindparam("b_charge"),
+    )
+)
+_INSERT_LEDGER = insert(LedgerRow)
 
 
 class CreditStore:
@@ -24,11 +51,7 @@ class CreditStore:
 
     async def get_balance(self, user_id: str) -> Balance:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(CreditAccountRow).where(CreditAccountRow.user_id == user_id)
-                )
-            ).first()
+            row = (await conn.execute(_ACCOUNT, {"b_user": user_id})).first()
         if row is None:
             raise NotFound(f"users/{user_id}/creditBalance")
         return Balance(row.user_id, row.balance, row.reserved)
@@ -64,14 +87,7 @@ class CreditStore:
     async def reserve_credits(self, user_id: str, amount: int, ttl: timedelta) -> Reservation:
         reservation = Reservation(new_id(), user_id, amount, utc_now() + ttl)
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(CreditAccountRow)
-                .where(
-                    CreditAccountRow.user_id == user_id,
-                    CreditAccountRow.balance - CreditAccountRow.reserved >= amount,
-                )
-                .values(reserved=CreditAccountRow.reserved + amount)
-            )
+            result = await conn.execute(_RESERVE, {"b_user": user_id, "b_amount": amount})
             if result.rowcount == 0:
                 await self._account_exists(conn, user_id)
                 raise QuotaExceeded(
@@ -79,13 +95,14 @@ class CreditStore:
                     f"not enough credits available to reserve {amount}",
                 )
             await conn.execute(
-                insert(ReservationRow).values(
-                    id=reservation.id,
-                    user_id=user_id,
-                    amount=amount,
-                    state="open",
-                    expire_time=reservation.expire_time,
-                )
+                _INSERT_RESERVATION,
+                {
+                    "id": reservation.id,
+                    "user_id": user_id,
+                    "amount": amount,
+                    "state": "open",
+                    "expire_time": reservation.expire_time,
+                },
             )
         return reservation
 
@@ -94,22 +111,19 @@ class CreditStore:
             reservation = await self._close_reservation(conn, reservation_id, "settled")
             charge = min(used, reservation.amount)
             await conn.execute(
-                update(CreditAccountRow)
-                .where(CreditAccountRow.user_id == reservation.user_id)
-                .values(
-                    reserved=CreditAccountRow.reserved - reservation.amount,
-                    balance=CreditAccountRow.balance - charge,
-                )
+                _CHARGE,
+                {"b_user": reservation.user_id, "b_amount": reservation.amount, "b_charge": charge},
             )
             if charge:
                 await conn.execute(
-                    insert(LedgerRow).values(
-                        user_id=reservation.user_id,
-                        delta=-charge,
-                        kind="charge",
-                        reference=f"reservations/{reservation_id}",
-                        create_time=utc_now(),
-                    )
+                    _INSERT_LEDGER,
+                    {
+                        "user_id": reservation.user_id,
+                        "delta": -charge,
+                        "kind": "charge",
+                        "reference": f"reservations/{reservation_id}",
+                        "create_time": utc_now(),
+                    },
                 )
         return await self.get_balance(reservation.user_id)
 
@@ -149,14 +163,8 @@ class CreditStore:
     ) -> Reservation:
         # Flipping the state first, conditionally, makes settle/release/expiry
         # mutually exclusive: only one of them ever sees rowcount 1.
-        result = await conn.execute(
-            update(ReservationRow)
-            .where(ReservationRow.id == reservation_id, ReservationRow.state == "open")
-            .values(state=state)
-        )
-        row = (
-            await conn.execute(select(ReservationRow).where(ReservationRow.id == reservation_id))
-        ).first()
+        result = await conn.execute(_CLOSE_RESERVATION, {"b_id": reservation_id, "state": state})
+        row = (await conn.execute(_RESERVATION, {"b_id": reservation_id})).first()
         if row is None:
             raise NotFound(f"reservations/{reservation_id}")
         if result.rowcount == 0:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    bindparam,
     case,
     delete,
     false,
@@ -258,12 +259,12 @@ def _new_run_values(run: records.Run) -> dict[str, Any]:
         "owner": run.owner,
         "replayable": run.replayable,
         "attempts": run.attempts,
-        "checkpoint_item_seq": _last_item_seq(run.conversation_id),
         "workflow_run_id": run.workflow_run_id or None,
+        "b_conversation": run.conversation_id,  # the run's safe point: its last item
     }
 
 
-def _last_item_seq(conversation_id: str | None = None) -> Any:
+def _last_item_seq(conversation_id: Any = None) -> Any:
     """The conversation's last item, as a run's safe point: of the given conversation,
     or (in an UPDATE of runs) of the row's own."""
     conversation = RunRow.conversation_id if conversation_id is None else conversation_id
@@ -285,6 +286,49 @@ def _holds_its_conversation() -> Any:
     )
 
 
+# The hot path's statements, built once: building one and its cache key cost more than
+# running it on SQLite. Values come as execution parameters (an UPDATE sets the columns
+# they name); WHERE parameters are named b_*, as a parameter named for a column sets it.
+_INSERT_CONVERSATION = insert(ConversationRow)
+_INSERT_RUN = insert(RunRow).values(checkpoint_item_seq=_last_item_seq(bindparam("b_conversation")))
+_INSERT_ITEMS = insert(ConversationItemRow)
+_RUN_BY_ID = RunRow.id == bindparam("b_id")
+_UPDATE_RUN = {
+    (by_owner, by_state): update(RunRow).where(
+        _RUN_BY_ID,
+        *([RunRow.owner == bindparam("b_owner")] if by_owner else []),
+        *([RunRow.state == bindparam("b_state")] if by_state else []),
+    )
+    for by_owner in (False, True)
+    for by_state in (False, True)
+}
+_RUNNING_ON = update(RunRow).where(
+    _RUN_BY_ID, RunRow.owner == bindparam("b_owner"), RunRow.state == records.RUNNING
+)
+_RELEASE_CONVERSATION = update(ConversationRow).where(
+    ConversationRow.id == bindparam("b_id"), ConversationRow.active_run == bindparam("b_run")
+)
+_FIRST_WAITING = (
+    select(RunRow.id, RunRow.user_id, RunRow.busy_policy, RunRow.interrupts)
+    .where(
+        RunRow.conversation_id == bindparam("b_conversation"),
+        RunRow.state == records.QUEUED,
+        RunRow.waiting == true(),
+    )
+    .order_by(case((RunRow.busy_policy.in_(records.INTERRUPTING), 0), else_=1), RunRow.seq)
+    .limit(1)
+)
+_SESSION_ITEMS = (
+    select(ConversationItemRow.item)
+    .where(ConversationItemRow.conversation_id == bindparam("b_conversation"))
+    .order_by(ConversationItemRow.seq)
+)
+_INSERT_EVENTS = {
+    name: dialect.insert(RunEventRow).on_conflict_do_nothing(index_elements=["run_id", "sequence"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
 async def _insert_events(
     conn: AsyncConnection, run_events: Sequence[tuple[str, int, bytes]]
 ) -> None:
@@ -292,12 +336,9 @@ async def _insert_events(
     save may both carry the same ones."""
     if not run_events:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(RunEventRow).on_conflict_do_nothing(
-        index_elements=["run_id", "sequence"]
-    )
     await conn.execute(
-        statement, [{"run_id": r, "sequence": s, "payload": p} for r, s, p in run_events]
+        _INSERT_EVENTS[conn.dialect.name],
+        [{"run_id": r, "sequence": s, "payload": p} for r, s, p in run_events],
     )
 
 
@@ -404,14 +445,15 @@ class RunnerStore(LeasedRows):
             async with self.engine.begin() as conn:
                 if new_conversation:
                     await conn.execute(
-                        insert(ConversationRow).values(
-                            id=run.conversation_id,
-                            user_id=run.user_id,
-                            agent_id=run.agent_id,
-                            active_run=run.id,
-                            create_time=run.create_time,
-                            update_time=run.create_time,
-                        )
+                        _INSERT_CONVERSATION,
+                        {
+                            "id": run.conversation_id,
+                            "user_id": run.user_id,
+                            "agent_id": run.agent_id,
+                            "active_run": run.id,
+                            "create_time": run.create_time,
+                            "update_time": run.create_time,
+                        },
                     )
                 else:
                     holder = await self._lock_conversation(conn, run.user_id, run.conversation_id)
@@ -432,7 +474,7 @@ class RunnerStore(LeasedRows):
                             f"(runs/{holder}); wait for it, or pass a busy_policy",
                             run=f"runs/{holder}",
                         )
-                await conn.execute(insert(RunRow).values(**_new_run_values(run)))
+                await conn.execute(_INSERT_RUN, _new_run_values(run))
                 if run.state == records.QUEUED and not run.waiting:
                     await stage(conn, OUTBOX, self._queued_event(run.id, run.user_id))
         except IntegrityError:
@@ -609,23 +651,22 @@ class RunnerStore(LeasedRows):
     async def _update_run(
         self, conn: AsyncConnection, run: records.Run, owner: str | None, state: int | None
     ) -> None:
-        conditions = [RunRow.id == run.id]
-        if owner is not None:
-            conditions.append(RunRow.owner == owner)
-        if state is not None:
-            conditions.append(RunRow.state == state)
-        updated = await conn.execute(update(RunRow).where(*conditions).values(**_run_values(run)))
+        updated = await conn.execute(
+            _UPDATE_RUN[owner is not None, state is not None],
+            {**_run_values(run), "b_id": run.id, "b_owner": owner, "b_state": state},
+        )
         if updated.rowcount == 0:
             raise _Unchanged
 
     async def _release(self, conn: AsyncConnection, run: records.Run) -> None:
         released = await conn.execute(
-            update(ConversationRow)
-            .where(
-                ConversationRow.id == run.conversation_id,
-                ConversationRow.active_run == run.id,
-            )
-            .values(active_run=None, update_time=utc_now())
+            _RELEASE_CONVERSATION,
+            {
+                "b_id": run.conversation_id,
+                "b_run": run.id,
+                "active_run": None,
+                "update_time": utc_now(),
+            },
         )
         if released.rowcount == 0:
             return
@@ -663,20 +704,7 @@ class RunnerStore(LeasedRows):
     async def _hand_over(self, conn: AsyncConnection, conversation_id: str) -> str | None:
         """Gives a free conversation to the first run waiting for it (runs that
         interrupt first, then in the order they came) and queues that run."""
-        waiter = (
-            await conn.execute(
-                select(RunRow.id, RunRow.user_id, RunRow.busy_policy, RunRow.interrupts)
-                .where(
-                    RunRow.conversation_id == conversation_id,
-                    RunRow.state == records.QUEUED,
-                    RunRow.waiting == true(),
-                )
-                .order_by(
-                    case((RunRow.busy_policy.in_(records.INTERRUPTING), 0), else_=1), RunRow.seq
-                )
-                .limit(1)
-            )
-        ).first()
+        waiter = (await conn.execute(_FIRST_WAITING, {"b_conversation": conversation_id})).first()
         if waiter is None:
             return None
         if waiter.busy_policy == records.ROLLBACK and waiter.interrupts:
@@ -954,13 +982,13 @@ class RunnerStore(LeasedRows):
     # ---- the SDK session's storage (services.runner.session) ------------------
 
     async def session_items(self, conversation_id: str, limit: int | None) -> list[dict]:
-        query = select(ConversationItemRow.item).where(
-            ConversationItemRow.conversation_id == conversation_id
-        )
         async with self.engine.connect() as conn:
             if limit is None:
-                rows = await conn.execute(query.order_by(ConversationItemRow.seq))
+                rows = await conn.execute(_SESSION_ITEMS, {"b_conversation": conversation_id})
                 return [json.loads(row.item) for row in rows]
+            query = select(ConversationItemRow.item).where(
+                ConversationItemRow.conversation_id == conversation_id
+            )
             rows = await conn.execute(query.order_by(ConversationItemRow.seq.desc()).limit(limit))
             return [json.loads(row.item) for row in reversed(rows.all())]
 
@@ -975,13 +1003,7 @@ class RunnerStore(LeasedRows):
         async with self.engine.begin() as conn:
             if owner is not None:
                 held = await conn.execute(
-                    update(RunRow)
-                    .where(
-                        RunRow.id == run_id,
-                        RunRow.owner == owner,
-                        RunRow.state == records.RUNNING,
-                    )
-                    .values(update_time=utc_now())
+                    _RUNNING_ON, {"b_id": run_id, "b_owner": owner, "update_time": utc_now()}
                 )
                 if held.rowcount == 0:
                     raise RunLost(f"runs/{run_id} is no longer run by {owner}")
@@ -992,7 +1014,7 @@ class RunnerStore(LeasedRows):
     ) -> None:
         now = utc_now()
         await conn.execute(
-            insert(ConversationItemRow),
+            _INSERT_ITEMS,
             [
                 {
                     "conversation_id": conversation_id,
