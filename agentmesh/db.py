@@ -233,15 +233,14 @@ def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def
 class Reads:
     """Point reads: one statement, outside a transaction, straight on the driver.
 
-    Through the service's engine a point read costs several times its query: on
-    SQLite the engine's statement machinery and its one connection's turns; on Postgres the
-    connection is pinged, a transaction begun and rolled back, and the async layer
-    adds its own cost (about 430 us a read here, against about 100 us for the same
-    prepared statement on a bare asyncpg connection). One statement sees one
-    consistent snapshot without any of that. Each statement is compiled once by
-    SQLAlchemy, run on the driver's own connection, and its rows come back through
-    the columns' own result processors (types, JSON, UTC times), as the engine
-    would return them.
+    Through the service's engine a point read costs several times its query: on SQLite
+    the engine's statement machinery and its one connection's turns; on Postgres the
+    connection is pinged, a transaction begun and rolled back, and the async layer adds
+    its own cost (about 430 us a read here, against about 100 us for the same prepared
+    statement on a bare asyncpg connection). One statement sees one consistent snapshot
+    without any of that. Each statement is compiled once by SQLAlchemy, run on the
+    driver's own connection, and its rows come back through the columns' own result
+    processors (types, JSON, UTC times), as the engine would return them.
 
     SQLite: the read runs inline on the event loop. It is a local B-tree lookup of
     tens of microseconds, less than a hop to a thread and back, and in WAL mode a

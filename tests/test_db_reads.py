@@ -144,3 +144,24 @@ async def test_write_transactions_in_flight_together_take_turns_and_never_stall_
     async with engine.connect() as conn:
         rows = (await conn.execute(select(_Thing.owner))).scalars().all()
     assert sorted(rows) == sorted(owner for owner in owners for _ in (1, 2))
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+async def test_an_autocommit_connection_writes_at_once_and_leaves_the_pool_transactional(engine):
+    """SQLite's inline connection takes the isolation level SQLAlchemy sets on it (the
+    aiosqlite dialect sets it through the driver's work queue)."""
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(
+            _Thing.__table__.insert(),
+            {"id": 1, "owner": "a", "body": {}, "time": datetime.now(UTC)},
+        )
+    reads = Reads(engine)  # another connection sees it: it was committed
+    assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [1]
+    async with engine.connect() as conn:  # the same pooled connection, transactional again
+        await conn.execute(
+            _Thing.__table__.insert(),
+            {"id": 2, "owner": "a", "body": {}, "time": datetime.now(UTC)},
+        )
+        await conn.rollback()
+    assert [row.id for row in await reads.all(_BY_OWNER, {"owner": "a"})] == [1]
