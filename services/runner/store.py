@@ -571,9 +571,7 @@ class RunnerStore(LeasedRows):
         when the run is no longer `owner`'s."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.state == records.RUNNING)
-                .values(replayable=False)
+                _RUNNING_ON, {"b_id": run_id, "b_owner": owner, "replayable": False}
             )
         return result.rowcount == 1
 
