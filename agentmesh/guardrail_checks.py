@@ -26,7 +26,7 @@ import functools
 import itertools
 import json
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -636,6 +636,17 @@ def _accept_secret(candidate: str, before: str, after: str, match: Any) -> tuple
         if not _mixed(token[prefix.end() :] if prefix else token):
             return None
     return 0, len(candidate)
+
+
+def may_hold_secrets(texts: Iterable[str]) -> bool:
+    """Whether the secrets detector could find anything in any of `texts`, in one
+    search over all of them: False means `secret_spans` finds nothing in each.
+
+    Joined by newlines: the patterns' only assertions are word boundaries, which a
+    newline keeps where each text starts and ends, so a match in one text is a
+    match in the whole.
+    """
+    return _SECRETS.search("\n".join(texts).encode("utf-8", "surrogatepass")) is not None
 
 
 def secret_spans(text: str) -> list[tuple[int, int]]:

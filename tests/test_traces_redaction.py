@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentmesh.gen.traces.v1 import traces_pb2 as t
 from services.runner.tracing import (
@@ -92,6 +94,30 @@ def test_sizes_are_bounded_with_markers_and_what_storage_refuses_is_fixed():
     # A secret cut by the truncation is still found: masking comes first.
     tail = r.value("x" * (MAX_TEXT - 10) + " " + OPENAI)
     assert OPENAI[:10] not in tail
+
+
+# Pieces of text that make or break a secret where texts meet: prefixes, bodies,
+# boundaries the patterns look at.
+_PIECES = st.sampled_from(
+    [OPENAI, GITHUB, PEM, "sk-", "proj-", "Ab3dEf6hIj9kLm2nOp5qRs8t", "AKIA", "ABCDEFGHIJKLMNOP",
+     "Bearer", " ", "\t", "\n", "x", "-", "_", "eyJhbGciOi", ".", "é", "\ud800", PROVIDER_KEY]
+)  # fmt: skip
+_TEXTS = st.lists(_PIECES, max_size=6).map("".join)
+_VALUES = st.recursive(
+    st.none() | st.integers() | _TEXTS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXTS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES)
+def test_one_search_over_a_value_masks_what_a_search_per_string_masks(value):
+    # value() searches all of a value's text at once and each string only when that
+    # finds something; it must mask exactly what searching every string masks.
+    r = redactor()
+    secrets = r.secrets_of("users/u1")
+    assert r.value(value, secrets) == r._value(value, secrets, True, 0)
 
 
 def test_a_span_becomes_its_message_with_its_error():

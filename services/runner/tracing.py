@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +41,7 @@ from agentmesh.events import EventBus, event_spec
 from agentmesh.gen.traces.v1 import events_pb2, traces_pb2
 
 # The checks the builtin secrets guardrail runs: one detector for both.
-from agentmesh.guardrail_checks import secret_spans
+from agentmesh.guardrail_checks import may_hold_secrets, secret_spans
 from agentmesh.ids import new_id
 
 log = logging.getLogger("agentmesh.runner.tracing")
@@ -66,6 +67,8 @@ _SECRET_KEYS = (
 _MAX_BATCH_BYTES = 512 * 1024
 MAX_SPAN_BYTES = 128 * 1024
 _SHRUNK_FIELD = 4096
+# A megabyte is more than any span shows; searched beyond that is wasted.
+_SEARCHED = MAX_TEXT * 128
 # Known secrets shorter than this are not searched for (they would mask words).
 _MIN_SECRET = 8
 # Users whose keys the redactor keeps, the most recent.
@@ -133,13 +136,11 @@ class Redactor:
         # The longest first: a key that contains another is masked whole.
         return sorted(found, key=len, reverse=True)
 
-    def text(self, value: str, secrets: Sequence[str] = ()) -> str:
-        # A megabyte is more than any span shows; searched beyond that is wasted.
-        value = value[: MAX_TEXT * 128]
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        found = secret_spans(value)
+    def text(self, value: str, secrets: Sequence[str] = (), detect: bool = True) -> str:
+        """`value` with secrets masked and its size bounded; `detect`: the secrets
+        detector searches it too (False: a search over all of it found nothing)."""
+        value = _mask_known(value[:_SEARCHED], secrets)
+        found = secret_spans(value) if detect else ()
         if found:
             parts, last = [], 0
             for start, end in found:
@@ -158,12 +159,20 @@ class Redactor:
                 value = value.encode("utf-8", "replace").decode("utf-8")
         return value
 
-    def value(self, value: Any, secrets: Sequence[str] = (), depth: int = 0) -> Any:
-        """A JSON value with secrets masked and sizes bounded."""
+    def value(self, value: Any, secrets: Sequence[str] = ()) -> Any:
+        """A JSON value with secrets masked and sizes bounded.
+
+        The detector searches all of the value's text at once, and each string only
+        when that finds something: a search per string cost most of a span's export.
+        """
+        texts = (_mask_known(text, secrets) for text in _texts(value))
+        return self._value(value, secrets, may_hold_secrets(texts), 0)
+
+    def _value(self, value: Any, secrets: Sequence[str], detect: bool, depth: int) -> Any:
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, str):
-            return self.text(value, secrets)
+            return self.text(value, secrets, detect)
         if isinstance(value, int | float):
             return value if math.isfinite(value) else None
         if depth >= MAX_DEPTH:
@@ -174,18 +183,46 @@ class Redactor:
                 if index == MAX_ITEMS:
                     cleaned["..."] = f"[truncated {len(value) - MAX_ITEMS} keys]"
                     break
-                name = self.text(str(key), secrets)[:256]
+                name = self.text(str(key), secrets, detect)[:256]
                 if item and isinstance(item, str) and _names_secret(name):
                     cleaned[name] = MASK
                 else:
-                    cleaned[name] = self.value(item, secrets, depth + 1)
+                    cleaned[name] = self._value(item, secrets, detect, depth + 1)
             return cleaned
         if isinstance(value, list | tuple):
-            items = [self.value(item, secrets, depth + 1) for item in value[:MAX_ITEMS]]
+            items = [self._value(item, secrets, detect, depth + 1) for item in value[:MAX_ITEMS]]
             if len(value) > MAX_ITEMS:
                 items.append(f"[truncated {len(value) - MAX_ITEMS} items]")
             return items
-        return self.text(str(value), secrets)
+        return self.text(str(value), secrets, detect)
+
+
+def _mask_known(value: str, secrets: Sequence[str]) -> str:
+    """The known secrets masked first: a mask can make a word boundary the detector
+    looks for ("...key]sk-proj-...")."""
+    for secret in secrets:
+        if secret in value:
+            value = value.replace(secret, MASK)
+    return value
+
+
+def _texts(value: Any, depth: int = 0) -> Iterator[str]:
+    """The strings `Redactor._value` searches in `value`, as far as it goes."""
+    if value is None or isinstance(value, bool | int | float):
+        return
+    if isinstance(value, str):
+        yield value[:_SEARCHED]
+    elif depth >= MAX_DEPTH:
+        return
+    elif isinstance(value, dict):
+        for key, item in itertools.islice(value.items(), MAX_ITEMS):
+            yield str(key)[:_SEARCHED]
+            yield from _texts(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value[:MAX_ITEMS]:
+            yield from _texts(item, depth + 1)
+    else:
+        yield str(value)[:_SEARCHED]
 
 
 def _names_secret(key: str) -> bool:
