@@ -506,6 +506,7 @@ async def test_a_killed_runners_runs_are_taken_over(tmp_path, postgres, gate):
                     done = await eventually(lambda: ended(tenant.b, first.name))
                     lost = await eventually(lambda: ended(tenant.b, second.name))
                     conversation = await active_run(tenant.b, lost.conversation)
+                    lost_history = await _history_is_whole(tenant.b, lost.conversation)
                     balance = await tenant.a.accounts.GetCreditBalance(
                         a.GetCreditBalanceRequest(name=f"{tenant.user.name}/creditBalance")
                     )
@@ -527,5 +528,8 @@ async def test_a_killed_runners_runs_are_taken_over(tmp_path, postgres, gate):
     assert lost.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert reason_of(lost.error) == "RUNNER_LOST"
     assert conversation == ""
+    # What it had added to its history (its input; the SDK adds a tool call with its
+    # output) was written as the tool began, with the end of its safe point.
+    assert lost_history == ["message"]
     # The lost runner's reservations were released, not left to their ttl.
     assert balance.reserved == 0

@@ -269,10 +269,13 @@ class _Metering(RunHooks[Any]):
     """Prices each model call as it ends and keeps the run's hold ahead of it; marks
     the run unsafe to replay before any tool begins."""
 
-    def __init__(self, execution: Execution, executor: Executor, hold: Hold):
+    def __init__(
+        self, execution: Execution, executor: Executor, hold: Hold, session: ConversationSession
+    ):
         self._execution = execution
         self._executor = executor
         self._hold = hold
+        self._session = session
         self.usage_events: list[events_pb2.UsageRecorded] = []
         self.credits = 0  # what this leg of the run has cost so far
         # Model calls the SDK does not count (compaction): added to the run's usage.
@@ -312,10 +315,13 @@ class _Metering(RunHooks[Any]):
         execution = self._execution
         if execution.replayable:
             # Written before the tool runs: a replica that takes the run over must
-            # not run a tool twice.
+            # not run a tool twice. The run's history so far goes with it.
             execution.replayable = False
-            if not await self._executor.store.unreplayable(execution.run.id, self._executor.owner):
-                raise RunLost(f"runs/{execution.run.id}")
+            executor, run = self._executor, execution.run
+            if not await executor.store.unreplayable(
+                run, executor.owner, self._session.unwritten()
+            ):
+                raise RunLost(f"runs/{run.id}")
 
 
 class Executor:
@@ -407,7 +413,8 @@ class Executor:
 
     async def _execute(self, execution: Execution, start: Start | Resume, hold: Hold) -> None:
         run = execution.run
-        metering = _Metering(execution, self, hold)
+        session = ConversationSession(self.store, run.conversation_id)
+        metering = _Metering(execution, self, hold, session)
         deltas = _Deltas(execution)
         result = None
         # The leg's computer workspace and MCP connections, closed in this task.
@@ -427,15 +434,13 @@ class Executor:
             deltas.gate = gate if gate.active else None
             source: Any = run.input
             context = start.context if isinstance(start, Start) else None
-            compact = None
             if isinstance(start, Resume):  # its state, with the approvals' decisions applied
                 source = await RunState.from_string(starting, start.state)
                 _apply_decisions(source, start.decisions)
             elif self._compactor is not None:  # a resumed run does not read the history
-                compact = functools.partial(self._compactor.compact, run, starting, metering.record)
-            session = ConversationSession(
-                self.store, run.conversation_id, run.id, self.owner, compact
-            )
+                session.compact = functools.partial(
+                    self._compactor.compact, run, starting, metering.record
+                )
             result = Runner.run_streamed(
                 starting,
                 source,
@@ -458,7 +463,7 @@ class Executor:
             run.last_agent_id = result.last_agent.name
             if result.interruptions:
                 deltas.end_message()  # what waits for the final output waits on
-                await self._pause(execution, result, metering, hold)
+                await self._pause(execution, result, metering, hold, session)
                 return
             deltas.end_run()  # the output guardrails passed
             self._succeed(run, result.final_output)
@@ -502,7 +507,7 @@ class Executor:
         finally:
             deltas.flush()
             await tools.aclose()
-        await self._end(execution, result, metering, hold)
+        await self._end(execution, result, metering, hold, session)
 
     def _succeed(self, run: records.Run, output: Any) -> None:
         run.state = State.STATE_SUCCEEDED
@@ -532,7 +537,12 @@ class Executor:
             execution.emit(item=item)
 
     async def _pause(
-        self, execution: Execution, result: Any, metering: _Metering, hold: Hold
+        self,
+        execution: Execution,
+        result: Any,
+        metering: _Metering,
+        hold: Hold,
+        session: ConversationSession,
     ) -> None:
         run = execution.run
         now = utc_now()
@@ -566,12 +576,18 @@ class Executor:
             approvals,
             execution.unsaved(),
             [*metering.usage_events, changed_event(run)],
+            items=session.unwritten(),
             owner=self.owner,
         )
         self._finish(execution, saved)
 
     async def _end(
-        self, execution: Execution, result: Any, metering: _Metering, hold: Hold
+        self,
+        execution: Execution,
+        result: Any,
+        metering: _Metering,
+        hold: Hold,
+        session: ConversationSession,
     ) -> None:
         run = execution.run
         execution.finishing = True
@@ -589,6 +605,7 @@ class Executor:
             execution.unsaved(),
             [*metering.usage_events, changed_event(run)],
             release_conversation=True,
+            items=session.unwritten(),
             owner=self.owner,
         )
         self._finish(execution, saved)

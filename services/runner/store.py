@@ -566,14 +566,18 @@ class RunnerStore(LeasedRows):
         async with self.engine.begin() as conn:
             await _insert_events(conn, run_events)
 
-    async def unreplayable(self, run_id: str, owner: str) -> bool:
-        """A tool is about to run: from now on the run must not be replayed. False
-        when the run is no longer `owner`'s."""
+    async def unreplayable(self, run: records.Run, owner: str, items: Sequence[Any] = ()) -> bool:
+        """A tool is about to run: from now on the run must not be replayed, and what
+        it added to its conversation so far is kept. False (nothing written) when the
+        run is no longer `owner`'s."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                _RUNNING_ON, {"b_id": run_id, "b_owner": owner, "replayable": False}
+                _RUNNING_ON, {"b_id": run.id, "b_owner": owner, "replayable": False}
             )
-        return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            await self._add_items(conn, run.conversation_id, run.id, items)
+        return True
 
     async def set_reservations(self, run_id: str, owner: str, reservations: list[str]) -> None:
         async with self.engine.begin() as conn:
@@ -604,11 +608,13 @@ class RunnerStore(LeasedRows):
         outbox: Sequence[Any] = (),
         release_conversation: bool = False,
         *,
+        items: Sequence[Any] = (),
         owner: str | None = None,
         expect_state: int | None = None,
     ) -> bool:
-        """Writes the run's state, its new events and outbox events in one transaction;
-        a run that ended lets go of its conversation, to the next run waiting for it.
+        """Writes the run's state, its new events, the items it added to its
+        conversation and outbox events in one transaction; a run that ended lets go
+        of its conversation, to the next run waiting for it.
 
         With `owner`, only while the run is still that replica's; with
         `expect_state`, only while it is in that state. False (nothing written)
@@ -618,6 +624,7 @@ class RunnerStore(LeasedRows):
             async with self.engine.begin() as conn:
                 await self._update_run(conn, run, owner, expect_state)
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
+                await self._add_items(conn, run.conversation_id, run.id, items)
                 for event in outbox:
                     await stage(conn, OUTBOX, event)
                 if release_conversation:
@@ -633,6 +640,7 @@ class RunnerStore(LeasedRows):
         events: Sequence[tuple[int, bytes]],
         outbox: Sequence[Any],
         *,
+        items: Sequence[Any] = (),
         owner: str | None = None,
     ) -> bool:
         try:
@@ -640,6 +648,7 @@ class RunnerStore(LeasedRows):
                 await self._update_run(conn, run, owner, None)
                 await conn.execute(insert(ApprovalRow), [_approval_values(a) for a in approvals])
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
+                await self._add_items(conn, run.conversation_id, run.id, items)
                 for event in outbox:
                     await stage(conn, OUTBOX, event)
         except _Unchanged:
@@ -990,26 +999,11 @@ class RunnerStore(LeasedRows):
             rows = await conn.execute(query.order_by(ConversationItemRow.seq.desc()).limit(limit))
             return [json.loads(row.item) for row in reversed(rows.all())]
 
-    async def add_session_items(
-        self, conversation_id: str, run_id: str, items: list, owner: str | None = None
+    async def _add_items(
+        self, conn: AsyncConnection, conversation_id: str, run_id: str, items: Sequence[Any]
     ) -> None:
-        """Appends the run's items. With `owner`, only while the run is that replica's:
-        a runner that lost its run (its lease ran out) never writes into a history
-        another replica now runs on; RunLost then."""
         if not items:
             return
-        async with self.engine.begin() as conn:
-            if owner is not None:
-                held = await conn.execute(
-                    _RUNNING_ON, {"b_id": run_id, "b_owner": owner, "update_time": utc_now()}
-                )
-                if held.rowcount == 0:
-                    raise RunLost(f"runs/{run_id} is no longer run by {owner}")
-            await self._add_items(conn, conversation_id, run_id, items)
-
-    async def _add_items(
-        self, conn: AsyncConnection, conversation_id: str, run_id: str, items: list
-    ) -> None:
         now = utc_now()
         await conn.execute(
             _INSERT_ITEMS,
