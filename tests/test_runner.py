@@ -179,6 +179,34 @@ async def test_streamed_events_come_in_order_and_deltas_make_the_answer(tenant):
     assert watched == events
 
 
+async def test_run_agent_asks_for_whole_replies_and_its_watchers_get_each_message_whole(tenant):
+    """RunAgent's caller waits for the end: its models are not asked to stream, and
+    the run is the same run a stream would make."""
+    agent = await tenant.agent("whole", tools=[http_tool("lookup", "http://127.0.0.1:9/x")])
+    words = " ".join(f"word{i}" for i in range(50))
+    tenant.model.enqueue(Reply(tool_calls=[ToolCall("lookup", {"q": 1})]), Reply(text=words))
+    run = await tenant.run(agent.name, "look it up")
+    assert run.state == State.STATE_SUCCEEDED and run.final_output == words
+    assert [bool(request.body.get("stream")) for request in tenant.model.requests] == [False] * 2
+    assert run.usage.requests == 2 and run.usage.input_tokens > 0 and run.credits > 0
+    kinds = [item.type for item in run.items]
+    assert kinds == [
+        rn.RunItem.TYPE_TOOL_CALL,
+        rn.RunItem.TYPE_TOOL_OUTPUT,
+        rn.RunItem.TYPE_MESSAGE,
+    ]
+    watched = [
+        event async for event in tenant.client.runner.WatchRun(rn.WatchRunRequest(name=run.name))
+    ]
+    assert [event.text_delta.delta for event in watched if event.HasField("text_delta")] == [words]
+    assert watched[-1].run_finished == run
+
+    tenant.model.enqueue(Reply(text=words))
+    streamed = tenant.client.runner.StreamRun(rn.RunAgentRequest(agent=agent.name, input="talk"))
+    assert [event async for event in streamed][-1].run_finished.final_output == words
+    assert tenant.model.requests[-1].body.get("stream") is True
+
+
 async def test_a_client_that_hangs_up_cancels_its_run(tenant):
     agent = await tenant.agent("slow")
     tenant.model.enqueue(Reply(text="too late", delay_s=30))

@@ -22,6 +22,7 @@ from agents import (
     FunctionTool,
     GuardrailFunctionOutput,
     InputGuardrail,
+    Model,
     ModelBehaviorError,
     ModelSettings,
     OpenAIResponsesModel,
@@ -44,7 +45,7 @@ from agentmesh.sandbox import SandboxError, run_code, sandbox_available
 from agentmesh.templates import TemplateError, render
 from services.runner.file_search import FileSearch
 from services.runner.guarding import INPUT, OUTPUT, Guarding, RunGuards
-from services.runner.models import Models
+from services.runner.models import Models, WholeReplies
 from services.runner.tools import (
     McpAuthorizations,
     RunTools,
@@ -174,9 +175,11 @@ class AgentBuilder:
         starting_id: str,
         tools: RunTools | None = None,
         guards: RunGuards | None = None,
+        whole_replies: bool = False,
     ) -> Agent:
         """The starting agent of the graph. Computer and MCP tools need `tools` (their
-        workspace and connections live there, for the caller to close)."""
+        workspace and connections live there, for the caller to close). With
+        `whole_replies`, its models are asked for whole replies (see WholeReplies)."""
         check_runnable(graph)
         agents = {
             agent_id: Agent(
@@ -209,6 +212,8 @@ class AgentBuilder:
                 if tool.WhichOneof("kind") == "mcp"
             ]
             _check_hosted_tools(agent_id, definition, agent)
+            if whole_replies and isinstance(agent.model, Model):
+                agent.model = WholeReplies(agent.model)
             # `guards` records each result on the run; without it, nothing is kept.
             run_guards = guards or RunGuards(Guarding(), user)
             agent.input_guardrails = [

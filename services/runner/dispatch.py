@@ -96,10 +96,12 @@ class Dispatcher:
         context: Awaitable[dict],
         new_conversation: bool,
         queued: bool,
+        streamed: bool = True,
     ) -> tuple[records.Run, Execution | None]:
         """Stores the run and runs it here, or leaves it QUEUED: for any replica
         (`queued`), or behind its conversation's active run (its busy policy). Credits
-        are checked first either way; a queued run holds them once it is claimed."""
+        are checked first either way; a queued run holds them once it is claimed.
+        `streamed`: see Start (a queued run is streamed: it may be watched)."""
         # Not enough credits is RESOURCE_EXHAUSTED now, before anything is stored;
         # reserved while the context is read.
         holding = asyncio.ensure_future(self._credits.hold(f"users/{run.user_id}", run.max_credits))
@@ -136,7 +138,8 @@ class Dispatcher:
             if stored.interrupts:
                 self.cancel_soon(stored.interrupts, f"users/{run.user_id}")
             return stored, None
-        return stored, self._executor.launch(stored, Start(run.start_context or {}), hold)
+        start = Start(run.start_context or {}, streamed)
+        return stored, self._executor.launch(stored, start, hold)
 
     def _give_back(self, holding: asyncio.Future) -> None:
         """Releases a hold being reserved for a run that will not start."""

@@ -185,9 +185,13 @@ def failure(error: BaseException) -> status_pb2.Status:
 
 @dataclass
 class Start:
-    """A new run: its input is the run's, its context the merged context values."""
+    """A new run: its input is the run's, its context the merged context values.
+    `streamed`: its caller reads its text as it comes (StreamRun; a run that may be
+    watched). Otherwise its models are asked for whole replies: each message's text
+    is one delta."""
 
     context: dict[str, Any]
+    streamed: bool = True
 
 
 @dataclass
@@ -429,6 +433,7 @@ class Executor:
                 run.agent_id,
                 tools,
                 guards=self._builder.guards(f"users/{run.user_id}", run.guardrail_results),
+                whole_replies=isinstance(start, Start) and not start.streamed,
             )
             gate = OutputGate(graph)
             deltas.gate = gate if gate.active else None

@@ -105,7 +105,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     # ---- starting runs ----------------------------------------------------------
 
     async def _start(
-        self, request: runner_pb2.RunAgentRequest, queued: bool
+        self, request: runner_pb2.RunAgentRequest, queued: bool, streamed: bool = True
     ) -> tuple[records.Run, Execution | None]:
         user = current_user()
         if request.request_id:
@@ -144,7 +144,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             busy_policy=request.busy_policy,
         )
         context = self._context(user.user, agent_id, request)  # read while credits are held
-        return await self._dispatcher.start(run, context, new_conversation, queued)
+        return await self._dispatcher.start(run, context, new_conversation, queued, streamed)
 
     async def _context(self, user: str, agent_id: str, request: runner_pb2.RunAgentRequest) -> dict:
         """The run's context: the named context's values (else the agent's default
@@ -156,7 +156,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def RunAgent(
         self, request: runner_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.Run:
-        run, _ = await self._start(request, queued=False)
+        # Its caller waits for the end: its models are asked for whole replies.
+        run, _ = await self._start(request, queued=False, streamed=False)
         try:
             return run_proto(await self._dispatcher.wait(run))
         except asyncio.CancelledError:
