@@ -22,7 +22,9 @@ headers may carry secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import http.cookiejar
 import ipaddress
 import json
 import re
@@ -488,7 +490,8 @@ def guarded_http_client(
     `deadline`, if given, each request as a whole, reply included: a model
     stream may rightly run long, so model callers choose it. Redirects are
     followed like the openai client does by default, at most `max_redirects`,
-    and each hop is judged when it connects.
+    and each hop is judged when it connects. Cookies a server sets are never kept:
+    a client may be shared by many users' calls.
     """
     headers = {}
     if max_reply_bytes is not None:
@@ -504,6 +507,7 @@ def guarded_http_client(
         # No proxies from the environment (they resolve names out of our
         # sight) and no .netrc credentials sent to a user's server.
         trust_env=False,
+        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
@@ -515,12 +519,16 @@ async def post_json(
     timeout: float,  # noqa: ASYNC109 (the call's deadline, enforced inside with asyncio.timeout)
     max_reply_bytes: int = TOOL_REPLY_BYTES,
     headers: dict[str, str] | None = None,
+    client: httpx2.AsyncClient | None = None,
 ) -> Any:
     """POSTs `payload` as JSON and returns the parsed JSON reply.
 
     For endpoint tools, endpoint guardrails and webhooks. `timeout` is the
     deadline of the whole call, reply included. Redirects are not followed: a
-    POST re-sent elsewhere is not what the user configured. Raises only
+    POST re-sent elsewhere is not what the user configured. A caller that posts
+    often passes its `client` (from `guarded_http_client` with the same policy,
+    `max_reply_bytes` and no redirects), whose connections are kept alive;
+    without one, the call makes its own. Raises only
     OutboundError kinds: BlockedDestination, Unreachable, DeadlineExceeded,
     ReplyTooLarge, BadReply (a non-2xx status, or a reply that is not JSON).
     An empty 2xx reply (a webhook's 204) is None.
@@ -529,16 +537,20 @@ async def post_json(
     policy.check_url(url)  # an internal literal is refused before any connection
     body = bytearray()
     scope = asyncio.timeout(timeout)
+    session = (
+        guarded_http_client(
+            policy, timeout=timeout, max_reply_bytes=max_reply_bytes, follow_redirects=False
+        )
+        if client is None
+        else contextlib.nullcontext(client)
+    )
     try:
         async with (
             scope,
-            guarded_http_client(
-                policy,
-                timeout=timeout,
-                max_reply_bytes=max_reply_bytes,
-                follow_redirects=False,
-            ) as client,
-            client.stream("POST", url, json=payload, headers=headers) as response,
+            session as http_client,
+            http_client.stream(
+                "POST", url, json=payload, headers=headers, timeout=timeout
+            ) as response,
         ):
             if not 200 <= response.status_code < 300:
                 redirect = " (redirects are not followed)" if response.is_redirect else ""

@@ -332,6 +332,38 @@ async def test_http_tools_post_their_arguments_and_failures_reach_the_model(tena
     assert outputs[2].startswith("error: moved failed")  # a redirect is never followed
 
 
+async def test_http_tools_keep_connections_alive_but_no_cookies_across_users(users):
+    """The runner keeps its tool connections open; what one user's endpoint sets as a
+    cookie never reaches another user's call (nor the same user's next one)."""
+    seen: list[tuple[int, str | None]] = []
+
+    async def remember(request: web.Request) -> web.Response:
+        seen.append((request.transport.get_extra_info("peername")[1], request.cookies.get("sid")))
+        reply = web.json_response({"ok": True})
+        reply.set_cookie("sid", "set-for-whoever-called-first")
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/remember", remember)
+    server = web.AppRunner(app, shutdown_timeout=1.0)
+    await server.setup()
+    await web.TCPSite(server, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{server.addresses[0][1]}/remember"
+    try:
+        for _ in range(2):  # two users, each running the tool
+            async with ModelServer(api_key=KEY) as model:
+                client, _ = await users.new(credits=1000)
+                await use_model(client, model)
+                agent = await create_agent(client, "caller", tools=[http_tool("remember", url)])
+                model.enqueue(Reply(tool_calls=[ToolCall("remember", {})]), Reply(text="done"))
+                run = await client.runner.RunAgent(rn.RunAgentRequest(agent=agent.name, input="x"))
+                assert run.state == State.STATE_SUCCEEDED, run.error
+    finally:
+        await server.cleanup()
+    assert len(seen) == 2 and seen[0][0] == seen[1][0]  # one connection, kept alive
+    assert [cookie for _, cookie in seen] == [None, None]
+
+
 async def test_a_file_search_tool_on_a_missing_store_answers_not_found(tenant):
     """file_search runs on the files service (tests/test_files_search_tool.py); a store
     that is not there is the tool's answer to the model, not the run's end."""

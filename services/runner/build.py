@@ -40,7 +40,13 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.guardrail_checks import schema_validator
 from agentmesh.names import ResourceName
-from agentmesh.outbound import OutboundError, OutboundPolicy, post_json
+from agentmesh.outbound import (
+    TOOL_REPLY_BYTES,
+    OutboundError,
+    OutboundPolicy,
+    guarded_http_client,
+    post_json,
+)
 from agentmesh.sandbox import SandboxError, run_code, sandbox_available
 from agentmesh.templates import TemplateError, render
 from services.runner.file_search import FileSearch
@@ -155,10 +161,21 @@ class AgentBuilder:
     ):
         self._models = models
         self._policy = policy
+        # Endpoint tools' calls, on connections kept alive (a new one per call cost a
+        # tool call more than the call).
+        self._http = guarded_http_client(
+            policy,
+            timeout=_DEFAULT_TOOL_SECONDS,
+            max_reply_bytes=TOOL_REPLY_BYTES,
+            follow_redirects=False,
+        )
         self._mcp_authorizations = mcp_authorizations
         # Without the guardrails service, only regex and builtin guardrails decide.
         self._guarding = guarding or Guarding()
         self._file_search = file_search
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     def guards(self, user: str, results: list[dict[str, Any]]) -> RunGuards:
         """A run's guardrail decisions, each result added to `results` (its record)."""
@@ -286,11 +303,13 @@ class AgentBuilder:
             return run_in_sandbox
         http = function.http
         timeout = http.timeout.ToTimedelta().total_seconds() or _DEFAULT_TOOL_SECONDS
-        policy, url = self._policy, http.url
+        policy, url, client = self._policy, http.url, self._http
 
         async def call_endpoint(_: Any, arguments: str) -> str:
             try:
-                reply = await post_json(url, _arguments(arguments), policy=policy, timeout=timeout)
+                reply = await post_json(
+                    url, _arguments(arguments), policy=policy, timeout=timeout, client=client
+                )
             except ValueError:
                 return f"error: the arguments for {name} are not a JSON object"
             except OutboundError as error:

@@ -404,6 +404,7 @@ class Executor:
                 execution.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._writer.stop()
+        await self._builder.aclose()
         try:
             await self.store.expire_leases(self.owner, [e.run.id for e in handed])
         except Exception:  # noqa: BLE001 - their leases run out by themselves
