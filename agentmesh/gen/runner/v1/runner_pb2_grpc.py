@@ -146,6 +146,8 @@ class RunnerServiceServicer:
 
     def RunAgent(self, request, context):
         """Runs to completion (or to a pause awaiting approval) and returns the run.
+        Its models are asked for whole replies: a watcher (WatchRun) gets each
+        message's text as one text_delta when the message is complete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
