@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh.db import Page, fetch_page
@@ -29,6 +29,14 @@ from services.triggers.records import (
     Subscription,
 )
 from services.triggers.tables import DeliveryRow, SubscriptionRow
+
+# Built once: a run's every change comes through here.
+_SUBSCRIPTIONS_OF = select(
+    SubscriptionRow.id,
+    SubscriptionRow.user_id,
+    SubscriptionRow.event_types,
+    SubscriptionRow.agent_id,
+).where(SubscriptionRow.user_id.in_(bindparam("b_users", expanding=True)))
 
 _DEFINITION = ("display_name", "url", "event_types", "agent_id")
 
@@ -186,23 +194,34 @@ class WebhookStore:
 
     async def record_deliveries(self, events: Sequence[Event]) -> int:
         """A delivery to every subscription each event matches, in one transaction;
-        none twice for one event. Returns how many were made."""
+        none twice for one event. Returns how many were made.
+
+        The events' users' subscriptions are read in one statement first: most events
+        match none (most users subscribe to nothing), and then nothing is written."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                _SUBSCRIPTIONS_OF, {"b_users": sorted({event.user_id for event in events})}
+            )
+        subscriptions: dict[str, list] = {}
+        for row in rows:
+            subscriptions.setdefault(row.user_id, []).append(row)
+        wanted = [
+            (event, matching)
+            for event in events
+            if (
+                matching := [
+                    row.id
+                    for row in subscriptions.get(event.user_id, ())
+                    if event.type in row.event_types and row.agent_id in ("", event.agent_id)
+                ]
+            )
+        ]
+        if not wanted:
+            return 0
         made = 0
         now = utc_now()
         async with self.engine.begin() as conn:
-            for event in events:
-                rows = await conn.execute(
-                    select(
-                        SubscriptionRow.id, SubscriptionRow.event_types, SubscriptionRow.agent_id
-                    ).where(SubscriptionRow.user_id == event.user_id)
-                )
-                matching = [
-                    row.id
-                    for row in rows
-                    if event.type in row.event_types and row.agent_id in ("", event.agent_id)
-                ]
-                if not matching:
-                    continue
+            for event, matching in wanted:
                 done = await conn.execute(
                     select(DeliveryRow.subscription_id).where(
                         DeliveryRow.subscription_id.in_(matching),
