@@ -70,9 +70,15 @@ async def fetch_page(
     else:
         query = query.where(seq > after_seq).order_by(seq)
     rows = (await conn.execute(query.limit(limit + 1))).all()
+    return page_of(rows, limit, seq.key)
+
+
+def page_of(rows: Sequence[Any], limit: int, seq: str) -> tuple[list, int]:
+    """`rows`, read with a limit of `limit + 1`, as a page: its rows, and the seq a next
+    page continues after (0 when this page is the last)."""
     if len(rows) <= limit:
-        return rows, 0
-    return rows[:limit], getattr(rows[limit - 1], seq.key)
+        return list(rows), 0
+    return list(rows[:limit]), getattr(rows[limit - 1], seq)
 
 
 def unreachable(error: BaseException) -> bool:

@@ -276,6 +276,15 @@ async def test_handoffs_and_contexts(new_user):
     listed = await client.registry.ListContexts(r.ListContextsRequest(parent=triage.name))
     defaults = {c.name: c.is_default for c in listed.contexts}
     assert defaults == {first.name: False, second.name: True}  # one default at a time
+    # In pages, oldest first.
+    page = await client.registry.ListContexts(
+        r.ListContextsRequest(parent=triage.name, page_size=1)
+    )
+    rest = await client.registry.ListContexts(
+        r.ListContextsRequest(parent=triage.name, page_size=1, page_token=page.next_page_token)
+    )
+    assert [c.name for c in (*page.contexts, *rest.contexts)] == [first.name, second.name]
+    assert page.next_page_token and not rest.next_page_token
     fetched = await client.registry.GetContext(r.GetContextRequest(name=first.name))
     assert fetched.values["tier"] == "gold"
     await client.registry.DeleteContext(r.DeleteContextRequest(name=first.name))

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh.db import Page, fetch_page
+from agentmesh.db import Page, Reads, page_of
 from agentmesh.errors import NotFound
 from agentmesh.ids import new_id, utc_now
 from services.registry.records import Context
 from services.registry.tables import AgentRow, ContextRow
+
+# Read on every run (its default context): built once, run on the driver (db.Reads).
+_MINE = (ContextRow.user_id == bindparam("user_id"), ContextRow.agent_id == bindparam("agent_id"))
+_AGENT = select(AgentRow.seq).where(
+    AgentRow.user_id == bindparam("user_id"), AgentRow.id == bindparam("agent_id")
+)
+_CONTEXT = select(ContextRow).where(*_MINE, ContextRow.id == bindparam("context_id"))
+_CONTEXTS_AFTER = (
+    select(ContextRow)
+    .where(*_MINE, ContextRow.seq > bindparam("after_seq"))
+    .order_by(ContextRow.seq)
+    .limit(bindparam("limit"))
+)
 
 
 def _context(row) -> Context:
@@ -24,6 +37,7 @@ def _context(row) -> Context:
 class ContextStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._reads = Reads(engine)
 
     async def create_context(
         self,
@@ -59,36 +73,21 @@ class ContextStore:
         return context
 
     async def get_context(self, user_id: str, agent_id: str, context_id: str) -> Context:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(ContextRow).where(
-                        ContextRow.user_id == user_id,
-                        ContextRow.agent_id == agent_id,
-                        ContextRow.id == context_id,
-                    )
-                )
-            ).first()
+        row = await self._reads.first(
+            _CONTEXT, {"user_id": user_id, "agent_id": agent_id, "context_id": context_id}
+        )
         if row is None:
             raise NotFound(f"agents/{agent_id}/contexts/{context_id}")
         return _context(row)
 
     async def list_contexts(self, user_id: str, agent_id: str, after_seq: int, limit: int) -> Page:
-        async with self.engine.connect() as conn:
-            agent = await conn.execute(
-                select(AgentRow.seq).where(AgentRow.user_id == user_id, AgentRow.id == agent_id)
-            )
-            if agent.first() is None:
-                raise NotFound(f"agents/{agent_id}")
-            rows, last_seq = await fetch_page(
-                conn,
-                select(ContextRow).where(
-                    ContextRow.user_id == user_id, ContextRow.agent_id == agent_id
-                ),
-                ContextRow.seq,
-                after_seq,
-                limit,
-            )
+        agent = {"user_id": user_id, "agent_id": agent_id}
+        if await self._reads.first(_AGENT, agent) is None:
+            raise NotFound(f"agents/{agent_id}")
+        rows = await self._reads.all(
+            _CONTEXTS_AFTER, {**agent, "after_seq": after_seq, "limit": limit + 1}
+        )
+        rows, last_seq = page_of(rows, limit, "seq")
         return Page([_context(row) for row in rows], last_seq)
 
     async def delete_context(self, user_id: str, agent_id: str, context_id: str) -> None:
