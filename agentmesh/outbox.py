@@ -1,7 +1,7 @@
 """A transactional outbox: events that must not be lost are written with the change.
 
 A service that owns such facts adds `outbox_table(Base.metadata)` to its tables
-(and its migrations), calls `stage(conn, table, event)` inside the transaction
+(and its migrations), calls `stage(conn, table, *events)` inside the transaction
 that makes the change, and runs an `OutboxRelay`. The relay publishes staged
 events to JetStream in order and deletes each once the stream acknowledged it.
 A crash between commit and publish loses nothing: the row is still there, and
@@ -56,17 +56,25 @@ def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
     )
 
 
-async def stage(conn: AsyncConnection, table: Table, event: Message) -> None:
-    """Writes the event in the caller's transaction; the relay publishes it after commit."""
-    if not is_jetstream(type(event)):
-        raise TypeError(f"{event.DESCRIPTOR.full_name} is not a JetStream event")
+async def stage(conn: AsyncConnection, table: Table, *events: Message) -> None:
+    """Writes the events in the caller's transaction, in one statement; the relay
+    publishes them after commit."""
+    for event in events:
+        if not is_jetstream(type(event)):
+            raise TypeError(f"{event.DESCRIPTOR.full_name} is not a JetStream event")
+    if not events:
+        return
+    now = utc_now()
     await conn.execute(
         _insert_into(table),
-        {
-            "type": event.DESCRIPTOR.full_name,
-            "payload": event.SerializeToString(),
-            "create_time": utc_now(),
-        },
+        [
+            {
+                "type": event.DESCRIPTOR.full_name,
+                "payload": event.SerializeToString(),
+                "create_time": now,
+            }
+            for event in events
+        ],
     )
 
 

@@ -625,8 +625,7 @@ class RunnerStore(LeasedRows):
                 await self._update_run(conn, run, owner, expect_state)
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
                 await self._add_items(conn, run.conversation_id, run.id, items)
-                for event in outbox:
-                    await stage(conn, OUTBOX, event)
+                await stage(conn, OUTBOX, *outbox)
                 if release_conversation:
                     await self._release(conn, run)
         except _Unchanged:
@@ -649,8 +648,7 @@ class RunnerStore(LeasedRows):
                 await conn.execute(insert(ApprovalRow), [_approval_values(a) for a in approvals])
                 await _insert_events(conn, [(run.id, s, p) for s, p in events])
                 await self._add_items(conn, run.conversation_id, run.id, items)
-                for event in outbox:
-                    await stage(conn, OUTBOX, event)
+                await stage(conn, OUTBOX, *outbox)
         except _Unchanged:
             return False
         return True

@@ -236,8 +236,7 @@ class WorkflowStore(LeasedRows):
             if updated.rowcount == 0:
                 return False
             await _insert_events(conn, run.id, events)
-            for event in outbox:
-                await stage(conn, OUTBOX, event)
+            await stage(conn, OUTBOX, *outbox)
         return True
 
     async def request_cancel(self, run_id: str) -> None:
