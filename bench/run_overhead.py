@@ -9,10 +9,12 @@ and settled, the run, its events and its conversation persisted (SQLite, the
 embedded default; --postgres for Postgres), outbox events to NATS.
 
 Cases: one turn; two turns with one HTTP tool; a handoff (two model calls).
-For each: throughput at concurrency 1 and 16 as a ratio to in-process, p50/p99
+For each: throughput at concurrency 1 and 16 as a ratio to in-process, the
+process's CPU per run (model server and tool endpoint included on both sides), p50/p99
 latency added at concurrency 1, and for StreamRun the time to its first event
 and to its first text (in-process: run_streamed's first text delta). The SDK's
-own run_streamed is shown too: the mesh streams every run from its model.
+own run_streamed is shown too: StreamRun streams from its model (RunAgent asks
+for whole replies).
 
     .venv/bin/python bench/run_overhead.py [--runs 40] [--postgres]
 """
@@ -183,7 +185,8 @@ async def mesh_tenant(mesh: Mesh, data_dir: Path, model_url: str, tool_url: str)
 async def measure(
     call: Callable[[], Awaitable[Any]], runs: int, concurrency: int
 ) -> dict[str, float]:
-    """Latencies of `runs` calls, `concurrency` at a time, and their throughput."""
+    """Latencies of `runs` calls, `concurrency` at a time, their throughput, and the
+    process's CPU time per call (the mesh runs in this process: all of its cost)."""
     latencies: list[float] = []
     queue = iter(range(runs))
 
@@ -193,12 +196,14 @@ async def measure(
             await call()
             latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     latencies.sort()
     return {
         "rps": runs / elapsed,
+        "cpu": cpu / runs * 1000,
         "p50": statistics.median(latencies) * 1000,
         "p99": latencies[min(int(len(latencies) * 0.99), len(latencies) - 1)] * 1000,
     }
@@ -269,7 +274,7 @@ async def main(runs: int, database_url: str | None) -> None:
         print(f"runs per measurement: {runs} (x{CONCURRENCY[-1] // 4} at concurrency 16)")
         print(f"database: {database_url or 'SQLite (embedded default)'}\n")
         header = (
-            f"{'case':<10} {'path':<10} {'c':>3} {'runs/s':>8} {'ratio':>6} "
+            f"{'case':<10} {'path':<10} {'c':>3} {'runs/s':>8} {'ratio':>6} {'cpu ms':>7} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6}"
         )
         print(header)
@@ -295,8 +300,8 @@ async def main(runs: int, database_url: str | None) -> None:
                 async for _ in result.stream_events():
                     pass
 
-            # The mesh streams every run from its model (one path for all RPCs):
-            # "SDK stream" is the SDK's own run_streamed, for how much of the gap
+            # StreamRun streams from its model (RunAgent asks for whole replies):
+            # "SDK stream" is the SDK's own run_streamed, for how much of its gap
             # streaming is.
             paths = {
                 "in-process": in_process,
@@ -320,8 +325,8 @@ async def main(runs: int, database_url: str | None) -> None:
                         added = f"{p50:>6.1f} {p99:>6.1f}"
                     print(
                         f"{case:<10} {path:<10} {concurrency:>3} {result['rps']:>8.1f} "
-                        f"{result['rps'] / floor['rps']:>6.2f} {result['p50']:>7.1f} "
-                        f"{result['p99']:>7.1f} {added}"
+                        f"{result['rps'] / floor['rps']:>6.2f} {result['cpu']:>7.1f} "
+                        f"{result['p50']:>7.1f} {result['p99']:>7.1f} {added}"
                     )
         print()
         first, first_text = await first_events(client, "agents/single", "hello there", 30)
