@@ -124,6 +124,7 @@ class WholeReplies(Model):
 
     async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         reply = await self.wrapped.get_response(*args, **kwargs)
+        sent = 0
         for index, item in enumerate(reply.output):
             if isinstance(item, ResponseOutputMessage):
                 for part, content in enumerate(item.content):
@@ -135,31 +136,32 @@ class WholeReplies(Model):
                             output_index=index,
                             content_index=part,
                             logprobs=[],
-                            sequence_number=index,
+                            sequence_number=sent,
                         )
+                        sent += 1
         usage = reply.usage
-        yield ResponseCompletedEvent(
-            type="response.completed",
-            sequence_number=len(reply.output),
-            response=Response(
-                id=reply.response_id or "",
-                created_at=0,
-                model=str(self.model),
-                object="response",
-                output=reply.output,
-                tool_choice="auto",
-                tools=[],
-                parallel_tool_calls=False,
-                status="completed",
-                # Unvalidated: the SDK reads these fields back as they are.
-                usage=ResponseUsage.model_construct(
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    total_tokens=usage.total_tokens,
-                    input_tokens_details=usage.input_tokens_details,
-                    output_tokens_details=usage.output_tokens_details,
-                ),
+        response = Response(
+            id=reply.response_id or "",
+            created_at=0,
+            model=str(self.model),
+            object="response",
+            output=reply.output,
+            tool_choice="auto",
+            tools=[],
+            parallel_tool_calls=False,
+            status="completed",
+            # Unvalidated: the SDK reads these fields back as they are.
+            usage=ResponseUsage.model_construct(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                total_tokens=usage.total_tokens,
+                input_tokens_details=usage.input_tokens_details,
+                output_tokens_details=usage.output_tokens_details,
             ),
+        )
+        response._request_id = reply.request_id  # the SDK reads it back for its ModelResponse
+        yield ResponseCompletedEvent(
+            type="response.completed", sequence_number=sent, response=response
         )
 
     def get_retry_advice(self, request: Any) -> Any:
