@@ -1,10 +1,12 @@
 """One run's life in a runner process: start, stream, pause for approvals, end.
 
 Every run goes through the SDK's streamed runner, whichever RPC started it, so
-there is one path from a model's deltas to the run's events. Events are kept in
-memory while the run is live (for watchers here) and written as it goes (for
-watchers anywhere; see event_log.py); the rest are written with the run's state
-when it pauses or ends, in the same transaction as its outbox events and the
+there is one path from a model's deltas to the run's events (a run no caller
+streams asks its models for whole replies, which come as one delta a message:
+see models.WholeReplies). Events are kept in memory while the run is live (for
+watchers here) and written as it goes (for watchers anywhere; see event_log.py);
+the rest are written with the run's state when it pauses or ends, in the same
+transaction as its outbox events, its conversation items (session.py) and the
 release of its conversation to the next run waiting for it.
 
 A run is this replica's while its lease holds (see dispatch.py): every write of
