@@ -511,6 +511,16 @@ def guarded_http_client(
     )
 
 
+def post_json_client(
+    policy: OutboundPolicy, *, timeout: float, max_reply_bytes: int = TOOL_REPLY_BYTES
+) -> httpx2.AsyncClient:
+    """A client for `post_json` calls, its connections kept alive between them: for a
+    caller that posts often (endpoint tools, endpoint guardrails), which closes it."""
+    return guarded_http_client(
+        policy, timeout=timeout, max_reply_bytes=max_reply_bytes, follow_redirects=False
+    )
+
+
 async def post_json(
     url: str,
     payload: Any,
@@ -526,9 +536,8 @@ async def post_json(
     For endpoint tools, endpoint guardrails and webhooks. `timeout` is the
     deadline of the whole call, reply included. Redirects are not followed: a
     POST re-sent elsewhere is not what the user configured. A caller that posts
-    often passes its `client` (from `guarded_http_client` with the same policy,
-    `max_reply_bytes` and no redirects), whose connections are kept alive;
-    without one, the call makes its own. Raises only
+    often passes its `client` (`post_json_client`, with the same policy and
+    `max_reply_bytes`); without one, the call makes its own. Raises only
     OutboundError kinds: BlockedDestination, Unreachable, DeadlineExceeded,
     ReplyTooLarge, BadReply (a non-2xx status, or a reply that is not JSON).
     An empty 2xx reply (a webhook's 204) is None.
@@ -538,9 +547,7 @@ async def post_json(
     body = bytearray()
     scope = asyncio.timeout(timeout)
     session = (
-        guarded_http_client(
-            policy, timeout=timeout, max_reply_bytes=max_reply_bytes, follow_redirects=False
-        )
+        post_json_client(policy, timeout=timeout, max_reply_bytes=max_reply_bytes)
         if client is None
         else contextlib.nullcontext(client)
     )

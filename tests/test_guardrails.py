@@ -67,6 +67,7 @@ class Judge:
     reply: object = None
     status: int = 200
     seen: list[dict] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # each call's client port
 
 
 @pytest.fixture
@@ -76,6 +77,7 @@ async def judge() -> AsyncIterator[Judge]:
     async def handle(request: web.Request) -> web.Response:
         body = await request.json()
         state.seen.append(body)
+        state.ports.append(request.transport.get_extra_info("peername")[1])
         await asyncio.sleep(state.delay)
         if state.status != 200:
             return web.Response(status=state.status, text="down")
@@ -228,9 +230,13 @@ async def test_loopback_is_refused_unless_the_settings_allow_it(judge: Judge):
             await refused.evaluate_all("users/u", [guardrail], "forbidden", OUTPUT)
         assert [field for field, _ in caught.value.violations] == ["guardrails[0].endpoint.url"]
         assert judge.seen == []
+        await refused.aclose()
         allowed = Evaluator(OutboundPolicy(["127.0.0.1"]), unused, unused)
         [result] = await allowed.evaluate_all("users/u", [guardrail], "forbidden", OUTPUT)
-    assert result.tripwire_triggered and len(judge.seen) == 1
+        [again] = await allowed.evaluate_all("users/v", [guardrail], "fine", OUTPUT)
+        await allowed.aclose()
+    assert result.tripwire_triggered and not again.tripwire_triggered and len(judge.seen) == 2
+    assert judge.ports[0] == judge.ports[1]  # one connection, kept alive between checks
 
 
 async def test_a_definition_that_cannot_be_decided_names_its_field(tenant: Tenant):

@@ -28,7 +28,13 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2 as g
 from agentmesh.gen.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.gen.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh.guardrail_checks import InvalidGuardrail, Verdict, evaluate, is_local, result_of
-from agentmesh.outbound import BlockedDestination, OutboundError, OutboundPolicy, post_json
+from agentmesh.outbound import (
+    BlockedDestination,
+    OutboundError,
+    OutboundPolicy,
+    post_json,
+    post_json_client,
+)
 from agentmesh.sandbox import SandboxError, SandboxUnavailable, run_code
 
 _DEFAULT_SECONDS = 5.0
@@ -46,8 +52,13 @@ class Evaluator:
         self, policy: OutboundPolicy, registry: grpc.aio.Channel, runner: grpc.aio.Channel
     ):
         self._policy = policy
+        # Endpoint checks' calls, on connections kept alive.
+        self._http = post_json_client(policy, timeout=_DEFAULT_SECONDS)
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._runner = runner_pb2_grpc.RunnerServiceStub(runner)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     async def evaluate_all(
         self,
@@ -135,7 +146,9 @@ class Evaluator:
         timeout = check.timeout.ToTimedelta().total_seconds() or _DEFAULT_SECONDS
         payload = {"text": text, "stage": STAGES.get(stage, ""), "agent": agent}
         try:
-            reply = await post_json(check.url, payload, policy=self._policy, timeout=timeout)
+            reply = await post_json(
+                check.url, payload, policy=self._policy, timeout=timeout, client=self._http
+            )
         except BlockedDestination as refused:
             raise InvalidArgument([(f"{field}.url", str(refused))]) from None
         except OutboundError as error:  # names scheme://host:port only

@@ -40,13 +40,7 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.guardrail_checks import schema_validator
 from agentmesh.names import ResourceName
-from agentmesh.outbound import (
-    TOOL_REPLY_BYTES,
-    OutboundError,
-    OutboundPolicy,
-    guarded_http_client,
-    post_json,
-)
+from agentmesh.outbound import OutboundError, OutboundPolicy, post_json, post_json_client
 from agentmesh.sandbox import SandboxError, run_code, sandbox_available
 from agentmesh.templates import TemplateError, render
 from services.runner.file_search import FileSearch
@@ -163,12 +157,7 @@ class AgentBuilder:
         self._policy = policy
         # Endpoint tools' calls, on connections kept alive (a new one per call cost a
         # tool call more than the call).
-        self._http = guarded_http_client(
-            policy,
-            timeout=_DEFAULT_TOOL_SECONDS,
-            max_reply_bytes=TOOL_REPLY_BYTES,
-            follow_redirects=False,
-        )
+        self._http = post_json_client(policy, timeout=_DEFAULT_TOOL_SECONDS)
         self._mcp_authorizations = mcp_authorizations
         # Without the guardrails service, only regex and builtin guardrails decide.
         self._guarding = guarding or Guarding()
