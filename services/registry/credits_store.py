@@ -30,10 +30,15 @@ _RESERVE = (
     .values(reserved=CreditAccountRow.reserved + bindparam("b_amount"))
 )
 _INSERT_RESERVATION = insert(ReservationRow)
-_CLOSE_RESERVATION = update(ReservationRow).where(
-    ReservationRow.id == bindparam("b_id"), ReservationRow.state == "open"
+_CLOSE_RESERVATION = (
+    update(ReservationRow)
+    .where(ReservationRow.id == bindparam("b_id"), ReservationRow.state == "open")
+    .returning(ReservationRow.user_id, ReservationRow.amount, ReservationRow.expire_time)
 )
-_RESERVATION = select(ReservationRow).where(ReservationRow.id == bindparam("b_id"))
+_RESERVATION_STATE = select(ReservationRow.state).where(ReservationRow.id == bindparam("b_id"))
+# Settling and releasing answer the balance as their own change left it (RETURNING),
+# rather than with another read after the commit.
+_BALANCE_COLUMNS = (CreditAccountRow.user_id, CreditAccountRow.balance, CreditAccountRow.reserved)
 _CHARGE = (
     update(CreditAccountRow)
     .where(CreditAccountRow.user_id == bindparam("b_user"))
@@ -41,6 +46,13 @@ _CHARGE = (
         reserved=CreditAccountRow.reserved - bindparam("b_amount"),
         balance=CreditAccountRow.balance - bindparam("b_charge"),
     )
+    .returning(*_BALANCE_COLUMNS)
+)
+_UNRESERVE = (
+    update(CreditAccountRow)
+    .where(CreditAccountRow.user_id == bindparam("b_user"))
+    .values(reserved=CreditAccountRow.reserved - bindparam("b_amount"))
+    .returning(*_BALANCE_COLUMNS)
 )
 _INSERT_LEDGER = insert(LedgerRow)
 
@@ -110,10 +122,16 @@ class CreditStore:
         async with self.engine.begin() as conn:
             reservation = await self._close_reservation(conn, reservation_id, "settled")
             charge = min(used, reservation.amount)
-            await conn.execute(
-                _CHARGE,
-                {"b_user": reservation.user_id, "b_amount": reservation.amount, "b_charge": charge},
-            )
+            account = (
+                await conn.execute(
+                    _CHARGE,
+                    {
+                        "b_user": reservation.user_id,
+                        "b_amount": reservation.amount,
+                        "b_charge": charge,
+                    },
+                )
+            ).one()
             if charge:
                 await conn.execute(
                     _INSERT_LEDGER,
@@ -125,13 +143,12 @@ class CreditStore:
                         "create_time": utc_now(),
                     },
                 )
-        return await self.get_balance(reservation.user_id)
+        return Balance(account.user_id, account.balance, account.reserved)
 
     async def release_credits(self, reservation_id: str) -> Balance:
         async with self.engine.begin() as conn:
             reservation = await self._close_reservation(conn, reservation_id, "released")
-            await self._unreserve(conn, reservation.user_id, reservation.amount)
-        return await self.get_balance(reservation.user_id)
+            return await self._unreserve(conn, reservation.user_id, reservation.amount)
 
     async def release_expired(self) -> int:
         """Releases every open reservation past its expiry; returns how many."""
@@ -163,23 +180,22 @@ class CreditStore:
     ) -> Reservation:
         # Flipping the state first, conditionally, makes settle/release/expiry
         # mutually exclusive: only one of them ever sees rowcount 1.
-        result = await conn.execute(_CLOSE_RESERVATION, {"b_id": reservation_id, "state": state})
-        row = (await conn.execute(_RESERVATION, {"b_id": reservation_id})).first()
-        if row is None:
+        closed = (
+            await conn.execute(_CLOSE_RESERVATION, {"b_id": reservation_id, "state": state})
+        ).first()
+        if closed is not None:
+            return Reservation(reservation_id, closed.user_id, closed.amount, closed.expire_time)
+        found = (await conn.execute(_RESERVATION_STATE, {"b_id": reservation_id})).first()
+        if found is None:
             raise NotFound(f"reservations/{reservation_id}")
-        if result.rowcount == 0:
-            raise FailedPrecondition(
-                f"reservations/{reservation_id} is already {row.state}",
-                reason="RESERVATION_CLOSED",
-            )
-        return Reservation(row.id, row.user_id, row.amount, row.expire_time)
-
-    async def _unreserve(self, conn: AsyncConnection, user_id: str, amount: int) -> None:
-        await conn.execute(
-            update(CreditAccountRow)
-            .where(CreditAccountRow.user_id == user_id)
-            .values(reserved=CreditAccountRow.reserved - amount)
+        raise FailedPrecondition(
+            f"reservations/{reservation_id} is already {found.state}",
+            reason="RESERVATION_CLOSED",
         )
+
+    async def _unreserve(self, conn: AsyncConnection, user_id: str, amount: int) -> Balance:
+        account = (await conn.execute(_UNRESERVE, {"b_user": user_id, "b_amount": amount})).one()
+        return Balance(account.user_id, account.balance, account.reserved)
 
     async def _account_exists(self, conn: AsyncConnection, user_id: str) -> None:
         found = await conn.execute(
