@@ -102,6 +102,7 @@ class OutboxRelay:
         self._events = events
         self._types = {t.DESCRIPTOR.full_name: t for t in event_types}
         self._poll_seconds = poll_seconds
+        self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         # Built once: building a statement costs more than running it on SQLite.
@@ -124,7 +125,8 @@ class OutboxRelay:
             await self._events.ensure_stream(event_type)
         while True:
             try:
-                while await self.relay_once():
+                # A short batch was all there was: what is staged after it wakes the relay.
+                while await self.relay_once() == self._batch:
                     pass
             except Exception:
                 # NATS or the database is away: the rows wait, nothing is lost.
