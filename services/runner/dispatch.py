@@ -138,7 +138,7 @@ class Dispatcher:
             if stored.interrupts:
                 self.cancel_soon(stored.interrupts, f"users/{run.user_id}")
             return stored, None
-        start = Start(run.start_context or {}, streamed)
+        start = Start(run.start_context or {}, streamed, new_conversation)
         return stored, self._executor.launch(stored, start, hold)
 
     def _give_back(self, holding: asyncio.Future) -> None:

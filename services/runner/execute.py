@@ -190,10 +190,12 @@ class Start:
     """A new run: its input is the run's, its context the merged context values.
     `streamed`: its caller reads its text as it comes (StreamRun; a run that may be
     watched). Otherwise its models are asked for whole replies: each message's text
-    is one delta."""
+    is one delta. `new_conversation`: the run's start made its conversation, so
+    there is no history to read."""
 
     context: dict[str, Any]
     streamed: bool = True
+    new_conversation: bool = False
 
 
 @dataclass
@@ -420,7 +422,9 @@ class Executor:
 
     async def _execute(self, execution: Execution, start: Start | Resume, hold: Hold) -> None:
         run = execution.run
-        session = ConversationSession(self.store, run.conversation_id)
+        session = ConversationSession(
+            self.store, run.conversation_id, new=isinstance(start, Start) and start.new_conversation
+        )
         metering = _Metering(execution, self, hold, session)
         deltas = _Deltas(execution)
         result = None

@@ -28,16 +28,21 @@ Compact = Callable[[list[tuple[int, str, dict]]], Awaitable[list[dict]]]
 
 
 class ConversationSession(SessionABC):
-    def __init__(self, store: RunnerStore, conversation_id: str):
+    def __init__(self, store: RunnerStore, conversation_id: str, new: bool = False):
         self.session_id = conversation_id
         self.session_settings = None
         self._store = store
+        # The run made the conversation: until it writes, nothing is stored to read
+        # (another run waits while it is the conversation's active run).
+        self._new = new
         # Set before the run starts: for the SDK's first read of the history.
         self.compact: Compact | None = None
         self._unwritten: list[Any] = []  # what the run added since its last write
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
-        if self.compact is not None and limit is None:
+        if self._new:
+            stored: list[Any] = []
+        elif self.compact is not None and limit is None:
             compact, self.compact = self.compact, None
             stored = await compact(await self._store.session_items_with_seq(self.session_id))
         else:
@@ -59,5 +64,6 @@ class ConversationSession(SessionABC):
 
     def unwritten(self) -> list[Any]:
         """The items to write with the run's state now; forgotten here."""
+        self._new = False
         items, self._unwritten = self._unwritten, []
         return items
