@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.routing import BaseRoute
 
 from agentmesh.auth import USER_HEADER, Authenticator, Principal, current_principal_or_none
-from agentmesh.client import bearer, metadata_interceptors
+from agentmesh.client import HeaderChannel, Headers, bearer
 from agentmesh.config import Settings
 from agentmesh.db import dispose, open_database
 from agentmesh.errors import Unavailable
@@ -35,7 +35,7 @@ from agentmesh.http import HttpServer
 from agentmesh.nats_server import EmbeddedNats
 from agentmesh.paging import Pages
 from agentmesh.server import GrpcServer
-from agentmesh.telemetry import add_traceparent, traced_calls
+from agentmesh.telemetry import add_traceparent, traced_unary
 
 log = logging.getLogger("agentmesh")
 
@@ -62,7 +62,7 @@ class ServicePlugin:
     metadata: MetaData | None = None
 
 
-def _service_credentials(service_token: str) -> Callable[[grpc.aio.Metadata], None]:
+def _service_credentials(service_token: str) -> Headers:
     """Calls to a peer carry the service token, and the user the call acts for."""
     add_token = bearer(service_token)
 
@@ -213,13 +213,11 @@ class Mesh:
             # A service this process serves is asked here, whatever the settings say.
             served = any(plugin.name == service for plugin in self.plugins)
             target = own if served else self.settings.peers.get(service) or own
-            self._channels[service] = grpc.aio.insecure_channel(
-                target,
-                # First: a traced run's unary call becomes a span, which the headers name.
-                interceptors=[
-                    *traced_calls(),
-                    *metadata_interceptors(_service_credentials(self._service_token)),
-                ],
+            self._channels[service] = HeaderChannel(
+                grpc.aio.insecure_channel(target),
+                _service_credentials(self._service_token),
+                # A traced run's unary call becomes a span, which the headers name.
+                unary=traced_unary,
             )
         return self._channels[service]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import re
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -61,22 +62,30 @@ def trace_for_logs() -> str:
     return f" trace={trace}" if trace else ""
 
 
-class _Traced(grpc.aio.UnaryUnaryClientInterceptor):
-    """A unary call made inside a traced run is a span of the run's trace. Put before
-    the interceptor that adds headers: its `traceparent` then names this span."""
+def traced_unary(call: Any, method: str) -> Callable[..., Any]:
+    """`call` (a unary multicallable) whose calls made inside a traced run are spans of
+    the run's trace. Wrap it around the one that adds headers: its `traceparent` then
+    names this span."""
 
-    async def intercept_unary_unary(self, continuation, details, request):
+    def invoke(request: Any, **kwargs: Any) -> Any:
         trace = get_current_trace()
         if trace is None or trace.trace_id == "no-op":
-            return await continuation(details, request)
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        with custom_span(f"grpc {method}", {"rpc.system": "grpc", "rpc.method": method}) as span:
-            call = await continuation(details, request)
-            code = await call.code()  # the span ends when the call does
+            return call(request, **kwargs)
+        return _traced(call, method, request, kwargs)
+
+    return invoke
+
+
+async def _traced(call: Any, method: str, request: Any, kwargs: dict[str, Any]) -> Any:
+    with custom_span(f"grpc {method}", {"rpc.system": "grpc", "rpc.method": method}) as span:
+        pending = call(request, **kwargs)
+        try:
+            return await pending
+        finally:
+            code = await pending.code()  # the span ends when the call does
             span.span_data.data["rpc.grpc.status_code"] = code.name
             if code != grpc.StatusCode.OK:
                 span.set_error({"message": f"{method} answered {code.name}", "data": None})
-            return call
 
 
 def add_traceparent(metadata: grpc.aio.Metadata) -> None:
@@ -84,8 +93,3 @@ def add_traceparent(metadata: grpc.aio.Metadata) -> None:
     header = traceparent(get_current_trace(), get_current_span())
     if header and TRACEPARENT not in metadata:
         metadata.add(TRACEPARENT, header)
-
-
-def traced_calls() -> list[grpc.aio.ClientInterceptor]:
-    """The interceptors that make a traced run's unary calls spans of its trace."""
-    return [_Traced()]

@@ -141,6 +141,15 @@ def gated_tool(gate: Gate) -> r.Tool:
     return r.Tool(name="wait", function=r.FunctionTool(http=r.HttpFunction(url=gate.url)))
 
 
+async def rest(call) -> list:
+    """What a stream that was read from with read() has left (grpc does not let a
+    call be both read and iterated)."""
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
 async def eventually(check, within: float = 10.0):
     async with asyncio.timeout(within):
         while not (result := await check()):  # noqa: ASYNC110 - the state is the server's
@@ -190,12 +199,12 @@ async def test_a_watcher_on_another_replica_follows_a_live_run(tenant, gate):
     assert resumed[0].sequence == 2
 
     gate.open.set()
-    streamed += [event async for event in stream]
-    watched += [event async for event in watch]
+    streamed += await rest(stream)
+    watched += await rest(watch)
     assert watched == streamed
     assert streamed[-1].run_finished.final_output == "all done"
     assert [e.sequence for e in streamed] == list(range(1, len(streamed) + 1))
-    resumed += [event async for event in later]
+    resumed += await rest(later)
     assert resumed == streamed[1:]
 
 
@@ -300,7 +309,7 @@ async def test_a_run_is_cancelled_from_another_replica(tenant, gate):
     await asyncio.wait_for(gate.called.wait(), 10)
     cancelled = await asyncio.wait_for(tenant.b.runner.CancelRun(rn.CancelRunRequest(name=name)), 5)
     assert cancelled.state == State.STATE_CANCELLED
-    last = [event async for event in stream][-1]
+    last = (await rest(stream))[-1]
     assert last.run_finished.state == State.STATE_CANCELLED
     conversation = await tenant.b.runner.GetConversation(
         rn.GetConversationRequest(name=cancelled.conversation)
@@ -404,7 +413,7 @@ async def test_a_busy_conversation_follows_the_second_runs_policy(tenant, policy
         first_call.cancel()
         return
     second_run = await asyncio.wait_for(second, 15)
-    first_run = [event async for event in first_call][-1].run_finished
+    first_run = (await rest(first_call))[-1].run_finished
     assert first_run.name == first_name
     assert second_run.state == State.STATE_SUCCEEDED, second_run.error
     assert second_run.final_output == "second answer"
