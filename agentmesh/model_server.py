@@ -96,12 +96,14 @@ class Reply:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """A request as the server received it. ``headers`` is case-insensitive."""
+    """A request as the server received it. ``headers`` is case-insensitive;
+    ``peer`` is the client's (host, port): one connection's requests share it."""
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: JSON | None
+    peer: tuple[str, int] | None = None
 
 
 # --- the request, reduced to what the rules need (same shape for both APIs) -----------------
@@ -420,7 +422,13 @@ class ModelServer:
                     return _error(400, "Body must be a JSON object.", "invalid_request_error")
             # Recorded before the key check so tests can see what a rejected client sent.
             self.requests.append(
-                RecordedRequest(request.method, request.path, request.headers.copy(), body)
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    request.headers.copy(),
+                    body,
+                    request.transport.get_extra_info("peername") if request.transport else None,
+                )
             )
             if self.api_key is not None:
                 auth = request.headers.get("Authorization", "")

@@ -135,6 +135,10 @@ async def test_a_store_can_embed_through_a_users_provider(users):
         calls = [r for r in model.requests if r.path == "/v1/embeddings"]
         assert calls and all(r.headers["Authorization"] == f"Bearer {KEY}" for r in calls)
         assert {r.body["model"] for r in calls} == {"stand-in-embed"}
+        # The second file's chunks and the query went on one connection, kept alive
+        # between them (the probe's had gone idle while the store's collection was made).
+        assert calls[-1].body["input"] == ["defrost cycle minutes"]
+        assert calls[-2].peer == calls[-1].peer, [r.peer for r in calls]
         # Another user cannot name this provider; no model name is refused.
         bob, _ = await users.new()
         await expect_rpc_error(

@@ -15,12 +15,13 @@ import time
 from typing import Protocol
 
 import grpc
+import httpx2
 
 from agentmesh.errors import FailedPrecondition, InvalidArgument, PeerError, Unavailable
 from agentmesh.gen.files.v1 import files_pb2 as f
 from agentmesh.gen.providers.v1 import providers_pb2, providers_pb2_grpc
 from agentmesh.names import ResourceName
-from agentmesh.outbound import OutboundError, OutboundPolicy, post_json
+from agentmesh.outbound import OutboundError, OutboundPolicy, post_json, post_json_client
 from services.files.embed import DIMENSIONS, MODEL_NAME, WINDOW, local_embedder_async
 from services.files.store import VectorStore
 
@@ -47,7 +48,13 @@ class RemoteEmbedder:
     """POSTs to {base_url}/embeddings; vectors come back normalized (inner product is
     cosine, as for the local model)."""
 
-    def __init__(self, credentials: providers_pb2.Credentials, model: str, policy: OutboundPolicy):
+    def __init__(
+        self,
+        credentials: providers_pb2.Credentials,
+        model: str,
+        policy: OutboundPolicy,
+        client: httpx2.AsyncClient,
+    ):
         self._url = credentials.base_url.rstrip("/") + "/embeddings"
         self._headers = {
             **dict(credentials.extra_headers),
@@ -57,6 +64,7 @@ class RemoteEmbedder:
             self._headers["OpenAI-Organization"] = credentials.organization
         self._model = model
         self._policy = policy
+        self._client = client
 
     async def embed(self, texts: list[str], batch_size: int = 32) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -73,6 +81,7 @@ class RemoteEmbedder:
                 timeout=_TIMEOUT_SECONDS,
                 max_reply_bytes=_REPLY_BYTES,
                 headers=self._headers,
+                client=self._client,
             )
         except OutboundError as error:
             raise EmbeddingFailed(f"the embeddings endpoint failed: {error}") from None
@@ -95,6 +104,9 @@ class Embeddings:
     def __init__(self, providers: grpc.aio.Channel, policy: OutboundPolicy):
         self._providers = providers_pb2_grpc.ProviderServiceStub(providers)
         self._policy = policy
+        self._client = post_json_client(
+            policy, timeout=_TIMEOUT_SECONDS, max_reply_bytes=_REPLY_BYTES
+        )
         self._credentials: dict[tuple[str, str], tuple[float, providers_pb2.Credentials]] = {}
 
     async def settings(self, user_id: str, wanted: f.VectorStore) -> tuple[str, int, int]:
@@ -152,7 +164,10 @@ class Embeddings:
                 "embeddings need an OpenAI-compatible provider (type openai or custom)",
                 reason="EMBEDDINGS_UNAVAILABLE",
             )
-        return RemoteEmbedder(credentials, model, self._policy)
+        return RemoteEmbedder(credentials, model, self._policy, self._client)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     async def _resolve(self, user_id: str, provider: str) -> providers_pb2.Credentials:
         key = (user_id, provider)

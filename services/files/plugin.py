@@ -28,16 +28,19 @@ class FilesService(MeshService):
         relay: OutboxRelay,
         index: VectorIndex,
         store: FileStore,
+        embeddings: Embeddings,
     ):
         super().__init__(servicer)
         self.queue = queue
         self.index = index
         self.store = store
         self._relay = relay
+        self._embeddings = embeddings
 
     async def stop(self) -> None:
         await self.queue.stop()
         await self._relay.stop()
+        await self._embeddings.aclose()
 
 
 async def create(context: MeshContext) -> FilesService:
@@ -69,4 +72,4 @@ async def create(context: MeshContext) -> FilesService:
         relay.notify,
         context.pages,
     )
-    return FilesService(servicer, queue, relay, index, store)
+    return FilesService(servicer, queue, relay, index, store, embeddings)
