@@ -21,6 +21,7 @@ from rpc_helpers import details_of
 from support import Users, create_agent, expect_rpc_error, running_mesh, use_model
 
 from agentmesh.client import Client
+from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.registry.v1 import workflows_pb2 as w
@@ -94,6 +95,39 @@ async def eventually(check, within: float = 10.0):
 
 
 # ---- plain runs ------------------------------------------------------------------
+
+
+async def test_a_rotated_provider_key_is_used_and_its_old_client_let_go(runner_mesh, tenant):
+    """`providers.changed` drops the user's credentials (theirs only); the next run
+    uses the new key, and the runner keeps one client for the provider, not one a
+    version."""
+    models = runner_mesh.services["runner"]._models
+    user = tenant.user.name
+    agent = await tenant.agent("rotating")
+    tenant.model.enqueue(Reply(text="on the first key"))
+    assert (await tenant.run(agent.name)).state == State.STATE_SUCCEEDED
+    assert models.api_keys(user) == [KEY]
+    (provider,) = (await tenant.client.providers.ListProviders(p.ListProvidersRequest())).providers
+
+    rotated = "sk-rotated-" + "r" * 24
+    await tenant.client.providers.UpdateProvider(
+        p.UpdateProviderRequest(
+            provider=p.Provider(name=provider.name, api_key=rotated),
+            update_mask=field_mask_pb2.FieldMask(paths=["api_key"]),
+        )
+    )
+    tenant.model.api_key = rotated
+
+    async def forgotten() -> bool:
+        return models.api_keys(user) == []
+
+    await eventually(forgotten)
+    tenant.model.enqueue(Reply(text="on the second key"))
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_SUCCEEDED, run.error
+    assert tenant.model.requests[-1].headers["Authorization"] == f"Bearer {rotated}"
+    assert models.api_keys(user) == [rotated]
+    assert [name for name, _ in models._clients[user]] == [provider.name]
 
 
 async def test_a_run_answers_and_records_usage_credits_and_conversation(tenant):

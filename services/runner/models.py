@@ -2,13 +2,16 @@
 
 Credentials come from the service-only ResolveCredentials and are cached per
 (user, provider) until `providers.changed`; an AsyncOpenAI client is kept open per
-(user, provider, key version) and reused by every run. OpenAI itself is spoken to
+(user, provider, key version) and reused by every run. Both are kept per user, for
+the most recent users: reading a user's keys (for the span redactor) or dropping
+them never walks other users' entries. OpenAI itself is spoken to
 through the Responses API, every other provider through Chat Completions at its
 base_url. Clients for user-given URLs go through the outbound guard.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,11 +27,14 @@ from openai.types.responses import (
 )
 
 from agentmesh.errors import PeerError
+from agentmesh.gen.common.v1 import common_pb2
 from agentmesh.gen.providers.v1 import events_pb2, providers_pb2, providers_pb2_grpc
 from agentmesh.outbound import OutboundPolicy, guarded_http_client
 
 # Models are slow to answer in full; the guard's deadline is per request.
 _MODEL_TIMEOUT_SECONDS = 300.0
+# Users whose credentials and clients are kept; one beyond is read again when needed.
+_USERS = 4096
 
 
 class Models:
@@ -36,8 +42,10 @@ class Models:
         self._providers = providers_pb2_grpc.ProviderServiceStub(providers)
         self._policy = OutboundPolicy(outbound_allow)
         self._default_model = default_model
-        self._credentials: dict[tuple[str, str], providers_pb2.Credentials] = {}
-        self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
+        # user -> provider ("" for the user's default) -> credentials
+        self._credentials: OrderedDict[str, dict[str, providers_pb2.Credentials]] = OrderedDict()
+        # user -> (provider, key version) -> client
+        self._clients: OrderedDict[str, dict[tuple[str, str], openai.AsyncOpenAI]] = OrderedDict()
 
     async def model(self, user: str, provider: str, model_name: str) -> Model:
         """The model an agent of `user` runs on: `provider` (empty: the user's default,
@@ -50,20 +58,34 @@ class Models:
         return OpenAIChatCompletionsModel(name, client)
 
     async def _resolve(self, user: str, provider: str) -> providers_pb2.Credentials:
-        key = (user, provider)
-        if key not in self._credentials:
-            try:
-                self._credentials[key] = await self._providers.ResolveCredentials(
-                    providers_pb2.ResolveCredentialsRequest(user=user, provider=provider),
-                    timeout=10,
-                )
-            except grpc.aio.AioRpcError as error:
-                raise PeerError.of(error) from None
-        return self._credentials[key]
+        cached = self._credentials.get(user, {}).get(provider)
+        if cached is not None:
+            self._credentials.move_to_end(user)
+            return cached
+        try:
+            credentials = await self._providers.ResolveCredentials(
+                providers_pb2.ResolveCredentialsRequest(user=user, provider=provider),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise PeerError.of(error) from None
+        self._credentials.setdefault(user, {})[provider] = credentials
+        self._credentials.move_to_end(user)
+        while len(self._credentials) > _USERS:
+            self._credentials.popitem(last=False)
+        return credentials
 
     def _client(self, user: str, credentials: providers_pb2.Credentials) -> openai.AsyncOpenAI:
-        key = (user, credentials.provider, credentials.version)
-        if key not in self._clients:
+        clients = self._clients.setdefault(user, {})
+        self._clients.move_to_end(user)
+        while len(self._clients) > _USERS:  # runs still on one hold it until they end
+            self._clients.popitem(last=False)
+        key = (credentials.provider, credentials.version)
+        if key not in clients:
+            # A client for a key version the provider no longer has is dropped: runs
+            # still on it hold it until they end, and it goes with the last of them.
+            for old in [k for k in clients if k[0] == credentials.provider]:
+                del clients[old]
             # The system default (no provider) is the operator's own choice of URL;
             # a user's provider URL is the user's, and goes through the guard.
             http_client = None
@@ -77,7 +99,7 @@ class Models:
                 query["api-version"] = credentials.azure_openai.api_version
             if credentials.HasField("anthropic") and credentials.anthropic.anthropic_version:
                 headers["anthropic-version"] = credentials.anthropic.anthropic_version
-            self._clients[key] = openai.AsyncOpenAI(
+            clients[key] = openai.AsyncOpenAI(
                 base_url=credentials.base_url,
                 api_key=credentials.api_key or "unused",
                 organization=credentials.organization or None,
@@ -87,22 +109,27 @@ class Models:
                 # The runner reports a provider's failure; retrying is the caller's call.
                 max_retries=0,
             )
-        return self._clients[key]
+        return clients[key]
 
     def api_keys(self, user: str) -> list[str]:
         """The keys of `user`'s providers this runner holds, for the span redactor
         (services/runner/tracing.py) to mask wherever they appear. Thread-safe: it
         reads a copy."""
-        return [c.api_key for (u, _), c in list(self._credentials.items()) if u == user]
+        return [c.api_key for c in list(self._credentials.get(user, {}).values())]
 
     def forget(self, event: events_pb2.ProviderChanged) -> None:
-        """A provider changed: its credentials are read again, and the user's default too."""
-        for key in [k for k in self._credentials if k[0] == event.user]:
-            del self._credentials[key]
+        """A provider changed: the user's credentials are read again (the default too);
+        a deleted provider's clients are dropped."""
+        self._credentials.pop(event.user, None)
+        if event.kind == common_pb2.CHANGE_KIND_DELETED:
+            clients = self._clients.get(event.user, {})
+            for key in [k for k in clients if k[0] == event.provider]:
+                del clients[key]
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        for clients in self._clients.values():
+            for client in clients.values():
+                await client.close()
         self._clients.clear()
 
 
