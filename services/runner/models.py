@@ -2,9 +2,9 @@
 
 Credentials come from the service-only ResolveCredentials and are cached per
 (user, provider) until `providers.changed`; an AsyncOpenAI client is kept open per
-(user, provider, key version) and reused by every run. Both are kept per user, for
-the most recent users: reading a user's keys (for the span redactor) or dropping
-them never walks other users' entries. OpenAI itself is spoken to
+(user, provider) for its current key version and reused by every run. Both are kept
+per user, for the most recent users: reading a user's keys (for the span redactor)
+or dropping them never walks other users' entries. OpenAI itself is spoken to
 through the Responses API, every other provider through Chat Completions at its
 base_url. Clients for user-given URLs go through the outbound guard.
 """
