@@ -24,7 +24,7 @@ class AgentDefinitions:
     def __init__(self, registry: grpc.aio.Channel):
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._revisions: OrderedDict[tuple[str, str, str], registry_pb2.Agent] = OrderedDict()
-        self._current: dict[tuple[str, str], str] = {}
+        self._current: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def get(self, user: str, agent_id: str, revision: str = "") -> registry_pb2.Agent:
         """The agent at a revision (its current one when empty), as `user` sees it."""
@@ -43,6 +43,8 @@ class AgentDefinitions:
             raise PeerError.of(error) from None
         if not revision:
             self._current[(user, agent_id)] = agent.revision_id
+            if len(self._current) > _CACHE_SIZE:  # the oldest is asked for again
+                self._current.popitem(last=False)
         self._revisions[(user, agent_id, agent.revision_id)] = agent
         if len(self._revisions) > _CACHE_SIZE:
             self._revisions.popitem(last=False)
