@@ -80,7 +80,7 @@ def _logging(settings: Settings) -> None:
 
 def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: Any = None) -> None:
     from agentmesh.mesh import Mesh
-    from agentmesh.server import termination_signal
+    from agentmesh.server import settle_heap, termination_signal
 
     _logging(settings)
 
@@ -97,6 +97,7 @@ def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: 
                         work_dir=settings.data_dir / "gateway",
                     )
                 )
+            settle_heap()
             if after_start is not None:
                 await after_start(mesh)
             async with termination_signal() as stop:

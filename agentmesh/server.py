@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -290,3 +291,20 @@ async def termination_signal() -> AsyncIterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def settle_heap() -> None:
+    """Called once a serving process has started: what starting made (modules,
+    descriptors, the SDK, connections) is moved out of the collector's reach, and a
+    young collection comes every 20,000 new objects rather than every 700.
+
+    A process serving the whole mesh holds about 380,000 objects after startup; every
+    full collection walked them all with the event loop stopped (about 0.3 s here),
+    and the young ones came every few hundred objects a run makes. Measured on
+    bench/run_overhead.py's tool case at concurrency 16, the collector's time per run
+    went from about 3.8 ms of CPU to 0.4. Cycles made after startup are still
+    collected; only what startup made stays for the process's life.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)

@@ -14,7 +14,8 @@ process's CPU per run (model server and tool endpoint included on both sides), p
 latency added at concurrency 1, and for StreamRun the time to its first event
 and to its first text (in-process: run_streamed's first text delta). The SDK's
 own run_streamed is shown too: StreamRun streams from its model (RunAgent asks
-for whole replies).
+for whole replies). Once both are set up, the process settles its heap as
+`agentmesh up` does (agentmesh.server.settle_heap): both sides run under it.
 
     .venv/bin/python bench/run_overhead.py [--runs 40] [--postgres]
 """
@@ -53,6 +54,7 @@ from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import DEFAULT_MODEL, ModelServer
+from agentmesh.server import settle_heap
 from services import PLUGINS
 
 KEY = "sk-bench-" + "k" * 24
@@ -271,6 +273,7 @@ async def main(runs: int, database_url: str | None) -> None:
         logging.getLogger("agentmesh").setLevel(logging.WARNING)
         agents = sdk_agents(model.base_url, tool_url, http)
         client = await mesh_tenant(mesh, data_dir, model.base_url, tool_url)
+        settle_heap()
         print(f"runs per measurement: {runs} (x{CONCURRENCY[-1] // 4} at concurrency 16)")
         print(f"database: {database_url or 'SQLite (embedded default)'}\n")
         header = (

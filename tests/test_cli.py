@@ -212,3 +212,36 @@ async def test_up_with_the_gateway_serves_rest_through_envoy(tmp_path):
                 assert reply.status == 401
     finally:
         await _stop(process)
+
+
+_SETTLED_HEAP = """
+import gc, weakref
+from agentmesh.server import settle_heap
+
+class Node:
+    pass
+
+def cycle():
+    node = Node()
+    node.self = node
+    return weakref.ref(node)
+
+early = cycle()
+settle_heap()
+assert early() is None, "startup's garbage is collected before the rest is frozen"
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+late = cycle()
+made = [[] for _ in range(25_000)]  # more new objects than a young collection waits for
+assert late() is None, "a cycle made after settling is collected without being asked"
+"""
+
+
+def test_a_settled_heap_still_collects_the_cycles_made_after_it():
+    """`agentmesh up` and `serve` freeze what starting made and collect less often;
+    garbage made while serving must still go (a subprocess: freezing is for life)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SETTLED_HEAP], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
