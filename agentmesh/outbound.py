@@ -460,6 +460,16 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
                     f"{origin} announced a reply of {declared} bytes, over the "
                     f"{self._max_reply_bytes} byte limit"
                 )
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if self._max_reply_bytes is not None and encoding not in ("", "identity"):
+            # Asked for none (guarded_http_client): a compressed reply's size is only
+            # known after decoding it, and a small one can decode to gigabytes.
+            await response.aclose()
+            raise BadReply(
+                f"{origin} sent a compressed reply ({encoding[:40]}) though none was asked "
+                "for; its size cannot be capped",
+                response.status_code,
+            )
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         return httpx2.Response(
             status_code=response.status_code,
@@ -565,13 +575,9 @@ async def post_json(
                     f"{origin} answered HTTP {response.status_code}{redirect}",
                     response.status_code,
                 )
-            # Counted again after decoding: a compressed reply grows here.
+            # The transport caps the body and refuses compressed ones.
             async for chunk in response.aiter_bytes():
                 body += chunk
-                if len(body) > max_reply_bytes:
-                    raise ReplyTooLarge(
-                        f"{origin} sent a reply over {max_reply_bytes} bytes, the limit"
-                    )
     except TimeoutError:
         if scope.expired():
             raise DeadlineExceeded(f"{origin} did not answer within {timeout:g} s") from None

@@ -9,6 +9,7 @@ for by replacing `agentmesh.outbound.lookup`, the one place names resolve.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -265,6 +266,28 @@ async def test_an_announced_oversized_reply_is_refused_unread(serve: Serve) -> N
     base = await serve([web.post("/", two_mib)])
     with pytest.raises(ReplyTooLarge, match="announced a reply of 2097152 bytes"):
         await post_json(base + "/", {}, policy=OutboundPolicy(["127.0.0.1"]), timeout=5)
+
+
+async def test_a_compressed_reply_is_refused_where_replies_are_capped(serve: Serve) -> None:
+    """256 KiB of gzip that would decode to 256 MiB: under the cap as it arrives, so
+    the cap alone would let it through. Capped clients ask for no compression, and
+    a server that compresses anyway is refused before its body is read."""
+    bomb = gzip.compress(b"0" * (256 * MiB), compresslevel=9)
+    asked: list[str] = []
+
+    async def compressed(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("accept-encoding", ""))
+        return web.Response(body=bomb, headers={"content-encoding": "gzip"})
+
+    base = await serve([web.post("/", compressed), web.get("/models", compressed)])
+    policy = OutboundPolicy(["127.0.0.1"])
+    with pytest.raises(BadReply, match=r"compressed reply \(gzip\)"):
+        await post_json(base + "/", {}, policy=policy, timeout=5)
+    client = guarded_http_client(policy, timeout=5, max_reply_bytes=64 * MiB)
+    async with client:
+        with pytest.raises(BadReply, match="cannot be capped"):
+            await client.get(base + "/models")
+    assert asked == ["identity", "identity"]
 
 
 async def trickle(request: web.Request) -> web.StreamResponse:

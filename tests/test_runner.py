@@ -28,6 +28,7 @@ from agentmesh.gen.registry.v1 import workflows_pb2 as w
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import ModelServer, Reply, ToolCall
+from services.runner.models import MODEL_REPLY_BYTES
 
 State = rn.Run.State
 KEY = "sk-runner-test-" + "k" * 24
@@ -464,6 +465,21 @@ async def test_a_provider_error_fails_the_run_with_its_reason_and_no_key(tenant,
     info = error_details_pb2.ErrorInfo()
     assert any(d.Unpack(info) for d in run.error.details) and info.reason == reason
     assert KEY not in run.error.SerializeToString().decode(errors="replace")
+
+
+async def test_a_provider_reply_past_the_cap_fails_the_run_and_the_runner_goes_on(tenant):
+    """A user's provider is a user-given URL: what it sends is capped like any other
+    reply, or one tenant's server could fill the runner every tenant shares."""
+    agent = await tenant.agent("flood")
+    tenant.model.enqueue(Reply(text="x" * MODEL_REPLY_BYTES), Reply(text="back to normal"))
+    run = await tenant.run(agent.name)
+    assert run.state == State.STATE_FAILED
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in run.error.details)
+    assert info.reason == "PROVIDER_UNREACHABLE"
+    assert f"over the {MODEL_REPLY_BYTES} byte limit" in run.error.message
+    after = await tenant.run(agent.name)
+    assert (after.state, after.final_output) == (State.STATE_SUCCEEDED, "back to normal")
 
 
 # ---- conversations ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from agentmesh import outbound
 from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.model_server import Reply, ToolCall
+from services.runner.tools import MCP_REPLY_BYTES
 
 State = rn.Run.State
 
@@ -222,3 +223,24 @@ async def test_an_mcp_server_that_is_down_fails_the_run_with_unavailable(tenant:
     assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert reason_of(run) == "MCP_SERVER_UNREACHABLE"
     assert "/mcp" not in run.error.message  # a URL's path may carry a token
+
+
+async def test_an_mcp_reply_past_the_cap_is_not_taken_in(tenant: Tenant):
+    """An MCP server is a user-given URL: its replies are capped like any other."""
+    server = MCPServer("flood")
+
+    @server.tool()
+    def flood() -> str:
+        """Answers far too much."""
+        return "x" * MCP_REPLY_BYTES
+
+    async with serving(streamable_app(server)) as base_url:
+        tool = r.Tool(name="flood", mcp=r.McpTool(url=f"{base_url}/mcp"))
+        agent = await tenant.agent("flooded", tools=[tool])
+        tenant.model.enqueue(Reply(tool_calls=[ToolCall("flood", {})]), Reply(text="done"))
+        run = await tenant.run(agent.name, "flood me")
+    # The call failed as a tool's error does: the model hears of it, the run goes on.
+    assert (run.state, run.final_output) == (State.STATE_SUCCEEDED, "done"), run.error
+    (output,) = tool_outputs(run)
+    assert "error occurred while running the tool" in output
+    assert "x" * 100 not in tenant.model.requests[-1].body["messages"][-1]["content"]

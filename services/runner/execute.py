@@ -49,6 +49,7 @@ from agentmesh.gen.guardrails.v1 import guardrails_pb2
 from agentmesh.gen.runner.v1 import events_pb2, runner_pb2
 from agentmesh.ids import new_id, utc_now
 from agentmesh.names import ResourceName
+from agentmesh.outbound import OutboundError
 from services.runner import records
 from services.runner.build import AgentBuilder
 from services.runner.compact import Compactor
@@ -175,8 +176,12 @@ def failure(error: BaseException) -> status_pb2.Status:
             "the model provider did not answer in time", reason="PROVIDER_TIMEOUT"
         ).to_status()
     if isinstance(error, openai.APIConnectionError):
+        # The guard's refusals (an internal address, a reply too large) say why,
+        # without quoting the server.
+        cause = error.__cause__
+        why = f": {cause}" if isinstance(cause, OutboundError) else ""
         return Unavailable(
-            "the model provider cannot be reached", reason="PROVIDER_UNREACHABLE"
+            f"the model provider cannot be reached{why}", reason="PROVIDER_UNREACHABLE"
         ).to_status()
     if isinstance(error, AgentsException):
         return FailedPrecondition(str(error)[:1000], reason="RUN_FAILED").to_status()

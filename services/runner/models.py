@@ -33,6 +33,9 @@ from agentmesh.outbound import OutboundPolicy, guarded_http_client
 
 # Models are slow to answer in full; the guard's deadline is per request.
 _MODEL_TIMEOUT_SECONDS = 300.0
+# A reply (a whole one, or a stream's events) this large is a server playing games: a
+# long model reply is well under a tenth of it, and the runner must not hold more.
+MODEL_REPLY_BYTES = 64 * 1024 * 1024
 # Users whose credentials and clients are kept; one beyond is read again when needed.
 _USERS = 4096
 
@@ -91,7 +94,10 @@ class Models:
             http_client = None
             if credentials.provider:
                 http_client = guarded_http_client(
-                    self._policy, timeout=_MODEL_TIMEOUT_SECONDS, deadline=_MODEL_TIMEOUT_SECONDS
+                    self._policy,
+                    timeout=_MODEL_TIMEOUT_SECONDS,
+                    deadline=_MODEL_TIMEOUT_SECONDS,
+                    max_reply_bytes=MODEL_REPLY_BYTES,
                 )
             headers = dict(credentials.extra_headers)
             query = {}

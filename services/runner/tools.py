@@ -59,6 +59,8 @@ COMMAND_MEMORY_MB = 512
 COMMAND_OUTPUT_BYTES = 64 * 1024
 # How long connecting to an MCP server and each of its calls may take.
 MCP_TIMEOUT_SECONDS = 30.0
+# What one reply of an MCP server (a call's answer, or a stream of its events) may hold.
+MCP_REPLY_BYTES = 16 * 1024 * 1024
 # Users whose opened MCP authorizations are kept for the span redactor.
 _OPENED_USERS = 10_000
 # Unquoted shell operators: `ls; rm`, `a | b`, `a && b`, `> file`, `$(...)`, `( ... )`.
@@ -267,7 +269,10 @@ class RunTools:
             # The MCP client follows redirects within the origin itself; each hop still
             # connects through the guard.
             client = guarded_http_client(
-                policy, timeout=timeout or MCP_TIMEOUT_SECONDS, follow_redirects=False
+                policy,
+                timeout=timeout or MCP_TIMEOUT_SECONDS,
+                max_reply_bytes=MCP_REPLY_BYTES,
+                follow_redirects=False,
             )
             if headers:
                 client.headers.update(headers)
