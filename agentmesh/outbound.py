@@ -452,7 +452,7 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
                 ) from None
             raise
         declared = response.headers.get("content-length", "")
-        if self._max_reply_bytes is not None and declared.isdigit():
+        if self._max_reply_bytes is not None and declared.isascii() and declared.isdigit():
             if int(declared) > self._max_reply_bytes:
                 # Refused before a byte of it is read.
                 await response.aclose()

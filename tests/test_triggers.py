@@ -771,7 +771,7 @@ async def post_hook(
     webhook_id: str = "msg_1",
     secret: str = "",
     stamp: int | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str | bytes] | None = None,
 ) -> httpx2.Response:
     """POSTs to the trigger's URL, signed with `secret` (the trigger's own by default)."""
     stamp = int(time.time()) if stamp is None else stamp
@@ -909,6 +909,8 @@ async def test_unsigned_stale_or_oversized_requests_start_nothing(tenant, trigge
         (401, post_hook(triggers_mesh, trigger, body, stamp=now - 600)),
         (401, post_hook(triggers_mesh, trigger, body, stamp=now + 600)),
         (401, post_hook(triggers_mesh, trigger, body, headers={"webhook-signature": ""})),
+        # Digits, to str.isdigit, that int() refuses: superscript two and three (latin-1).
+        (401, post_hook(triggers_mesh, trigger, body, headers={"webhook-timestamp": b"\xb2\xb3"})),
         (401, post_hook(triggers_mesh, trigger, body, webhook_id="a b")),
         (
             404,

@@ -44,7 +44,7 @@ class TooLarge(Exception):
 async def _body(request: Request, limit: int) -> bytes:
     """The request's body; TooLarge past `limit` bytes, before reading them all."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge
     body = bytearray()
     async for chunk in request.stream():
@@ -114,7 +114,8 @@ class InboundHooks:
         if not WEBHOOK_ID.fullmatch(webhook_id):
             return "webhook-id must be at most 64 of A-Z a-z 0-9 _ . : -"
         if (
-            not (stamp.isdigit() and len(stamp) <= 12)
+            # isascii: str.isdigit takes "²", which int() refuses.
+            not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12)
             or abs(time.time() - int(stamp)) > self._tolerance
         ):
             return f"webhook-timestamp is not within {self._tolerance:g} s of the server's clock"
