@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -67,22 +65,12 @@ def _settings(data_dir: Path | None, port: int | None, host: str | None, **more:
     return Settings(**{name: value for name, value in overrides.items() if value is not None})
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Their INFO lines carry full URLs, which may hold a webhook's or a tool's token.
-    for noisy in ("httpx2", "httpcore2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: Any = None) -> None:
+    from agentmesh import logs
     from agentmesh.mesh import Mesh
     from agentmesh.server import settle_heap, termination_signal
 
-    _logging(settings)
+    logs.configure(settings.log_level)
 
     async def serve() -> None:
         async with Mesh(settings, plugins) as mesh, contextlib.AsyncExitStack() as in_front:
