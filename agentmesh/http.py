@@ -37,6 +37,28 @@ async def bearer_principal(authenticator: Authenticator, request: Request) -> Pr
     return principal
 
 
+class BodyTooLarge(Exception):
+    """A request body ran past its route's limit; reading stopped there."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the request body is over {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, at most `limit` bytes: BodyTooLarge before reading more,
+    and before reading any when its content-length says so."""
+    declared = request.headers.get("content-length", "")
+    # isascii: str.isdigit takes "²", which int() refuses.
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
 async def _healthy(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 

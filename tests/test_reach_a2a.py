@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from agentmesh.gen.registry.v1 import registry_pb2 as r
 from agentmesh.gen.runner.v1 import runner_pb2 as rn
 from agentmesh.mesh import Mesh
 from agentmesh.model_server import ModelServer, Reply, ToolCall
+from services.reach.a2a import MAX_BODY_BYTES, MAX_NESTING
 
 KEY = "sk-a2a-test-" + "k" * 24
 
@@ -483,6 +485,44 @@ async def test_bad_calls_get_json_rpc_errors_and_start_nothing(tenant):
     # Unparsable, no such method, no parts, a part no agent reads, a 1.0 call as 0.3.
     assert codes == [-32700, -32601, -32602, -32005, -32009]
     runs = await tenant.client.runner.ListRuns(rn.ListRunsRequest(agent="agents/strict"))
+    assert list(runs.runs) == []
+
+
+async def test_oversized_undecodable_and_deep_calls_are_refused_before_the_sdk(tenant, caplog):
+    """Read under a cap and parsed first: none reaches the SDK's parsing, whose
+    failures were internal errors (-32603) and pages of traceback in the log."""
+    await tenant.agent("wary")
+    url, v1 = tenant.url("wary"), {"a2a-version": "1.0"}
+
+    def send_data(data: object) -> dict:
+        parts = [{"data": data}]
+        return _rpc(
+            "SendMessage", {"message": {"role": "ROLE_USER", "messageId": "m", "parts": parts}}
+        )
+
+    deep: object = "bottom"
+    for _ in range(MAX_NESTING):
+        deep = [deep]
+    big = send_data("x" * MAX_BODY_BYTES)
+    caplog.set_level(logging.WARNING)
+    async with _http(tenant.key) as http:
+        over = await http.post(url, json=big, headers=v1)
+        answers = [
+            await http.post(url, content=b'{"id": 1, "method": "\xff"}', headers=v1),
+            await http.post(url, content=b"[" * 100_000 + b"]" * 100_000, headers=v1),
+            await http.post(url, json=send_data(deep), headers=v1),
+        ]
+    assert over.status_code == 413
+    assert over.json()["error"] == {
+        "code": -32600,
+        "message": f"the request body is over {MAX_BODY_BYTES} bytes",
+    }
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    codes = [answer.json()["error"]["code"] for answer in answers]
+    assert codes == [-32700, -32700, -32600]
+    assert "nests deeper than 64" in answers[-1].json()["error"]["message"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    runs = await tenant.client.runner.ListRuns(rn.ListRunsRequest(agent="agents/wary"))
     assert list(runs.runs) == []
 
 

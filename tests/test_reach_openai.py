@@ -431,6 +431,13 @@ async def test_no_credits_is_429_and_the_client_is_told_not_to_retry(mesh, users
         ),
         ("/v1/responses", {"model": "helper", "input": "x", "conversation": "c/1"}, "conversation"),
         ("/v1/responses", {"model": "", "input": "x"}, "model"),
+        # Types as JSON has them: a string is no boolean, an object with no id no conversation.
+        (
+            "/v1/chat/completions",
+            {"model": "helper", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+            "stream",
+        ),
+        ("/v1/responses", {"model": "helper", "input": "x", "conversation": {}}, "conversation"),
         (
             "/v1/responses",
             {

@@ -92,6 +92,7 @@ from starlette.routing import BaseRoute, Route
 from agentmesh.errors import DOMAIN, NotFound, ServiceError, quoted
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.gen.runner.v1 import runner_pb2
+from agentmesh.http import BodyTooLarge, read_body
 from agentmesh.names import ID
 from services.reach.calls import Reach, http_status, status_of
 
@@ -133,6 +134,11 @@ A2A_ERRORS: dict[grpc.StatusCode, type[A2AError]] = {
 # JSON-RPC's code for an implementation's own server error (A2A's start at -32001):
 # a call refused before it is read (no key, no such agent).
 REFUSED = -32000
+PARSE_ERROR, INVALID_REQUEST = -32700, -32600
+# A call's body: as the OpenAI API's (openai_api.py), and nested no deeper than this
+# (the SDK's protobuf parsing fails past 100, with a traceback in the log).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_NESTING = 64
 
 
 class A2aAdapter:
@@ -169,9 +175,18 @@ class A2aAdapter:
             # For the rest of this request's task: a streamed answer outlives a block.
             await self._reach.authenticate(request)
             request.state.agent = await self._agent(request)
+            body = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge as error:
+            return _rpc_error(INVALID_REQUEST, str(error), status=413)
         except Exception as error:
             return _refusal(error, rpc=True)
-        return await self._dispatcher.handle_requests(request)
+        try:
+            nesting = _nesting(json.loads(body))
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past Python
+            return _rpc_error(PARSE_ERROR, "the request body is not JSON (UTF-8)")
+        if nesting > MAX_NESTING:
+            return _rpc_error(INVALID_REQUEST, f"the request nests deeper than {MAX_NESTING}")
+        return await self._dispatcher.handle_requests(_replaying(request, body))
 
     async def _agent(self, request: Request) -> registry_pb2.Agent:
         name = f"agents/{request.path_params['agent_id']}"
@@ -617,6 +632,40 @@ def _reason_in(status: status_pb2.Status) -> str:
     """The ErrorInfo reason a google.rpc.Status carries, if it has one."""
     info = error_details_pb2.ErrorInfo()
     return next((info.reason for detail in status.details if detail.Unpack(info)), "")
+
+
+def _nesting(value: Any) -> int:
+    """How deep JSON `value` nests its arrays and objects."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _replaying(request: Request, body: bytes) -> Request:
+    """The request again, its body (already read) given to whoever reads it next; then
+    the connection's own messages (a streamed answer waits there for a disconnect)."""
+    given = False
+
+    async def receive() -> Any:
+        nonlocal given
+        if given:
+            return await request.receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+def _rpc_error(code: int, message: str, status: int = 200) -> JSONResponse:
+    """A JSON-RPC error for a call that could not be read (HTTP 200, as the SDK's)."""
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    return JSONResponse(error, status)
 
 
 def _refusal(error: Exception, rpc: bool) -> JSONResponse:

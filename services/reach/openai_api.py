@@ -68,6 +68,7 @@ from agentmesh.errors import InvalidArgument, NotFound, ServiceError, internal_s
 from agentmesh.gen.common.v1 import common_pb2
 from agentmesh.gen.registry.v1 import registry_pb2
 from agentmesh.gen.runner.v1 import runner_pb2
+from agentmesh.http import BodyTooLarge, read_body
 from agentmesh.ids import new_id
 from services.reach.calls import AGENT_PREFIX, Reach, http_status, status_of
 
@@ -223,8 +224,9 @@ def _openai_errors(endpoint: Endpoint) -> Endpoint:
 
 class _Body(BaseModel):
     # What this API does not act on (sampling, metadata, store, ...) is accepted and
-    # ignored: the agent's definition decides it.
-    model_config = ConfigDict(extra="ignore")
+    # ignored: the agent's definition decides it. What it reads has its JSON type:
+    # "stream": "yes" is refused, not taken for true.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class _Text(_Body):
@@ -243,7 +245,8 @@ def _as_messages(value: Any) -> Any:
 
 
 def _as_id(value: Any) -> Any:
-    return value.get("id") if isinstance(value, dict) else value
+    # {"id": ...}; an object without one stays an object, and is refused as one.
+    return value["id"] if isinstance(value, dict) and "id" in value else value
 
 
 Content = Annotated[list[_Text], BeforeValidator(_as_parts)]
@@ -291,13 +294,12 @@ Shape = TypeVar("Shape", bound=BaseModel)
 
 async def _read(request: Request, shape: type[Shape]) -> Shape:
     """The request's JSON body as `shape`; 400 naming the field when it is not one."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
     try:
-        return shape.model_validate_json(bytes(body))
+        body = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge as error:
+        raise ApiError(413, str(error)) from None
+    try:
+        return shape.model_validate_json(body)
     except ValidationError as error:
         violations = [
             (_param(problem["loc"]) or "body", problem["msg"])

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agentmesh.http import BodyTooLarge, read_body
 from agentmesh.ids import utc_now
 from services.triggers.records import Trigger
 from services.triggers.signatures import WEBHOOK_ID, Sealer, verify
@@ -35,23 +36,6 @@ def trigger_owner(user_id: str, trigger_id: str) -> str:
 
 def _refused(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-class TooLarge(Exception):
-    pass
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    """The request's body; TooLarge past `limit` bytes, before reading them all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge
-    return bytes(body)
 
 
 class InboundHooks:
@@ -77,8 +61,8 @@ class InboundHooks:
         if trigger is None:
             return _refused(404, "no such trigger")
         try:
-            body = await _body(request, self._max_bytes)
-        except TooLarge:
+            body = await read_body(request, self._max_bytes)
+        except BodyTooLarge:
             return _refused(413, f"the body is over {self._max_bytes} bytes")
         except ClientDisconnect:
             return _refused(400, "the request ended early")
