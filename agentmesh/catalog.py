@@ -72,7 +72,18 @@ async def list_all_agents(client: Client) -> list[registry_pb2.Agent]:
 
 
 def load_definitions(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text())["agents"]
+    """The agents of a definitions file, each checked to make an Agent: ValueError
+    (or OSError, for a file that cannot be read) naming what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path} is not JSON text: {error}") from None
+    agents = data.get("agents") if isinstance(data, dict) else None
+    if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
+        raise ValueError(f'{path} holds no {{"agents": [...]}} list of objects')
+    for definition in agents:
+        _entry(definition)
+    return agents
 
 
 async def apply_definitions(
@@ -100,7 +111,11 @@ def _entry(definition: dict[str, Any]) -> _Entry:
     if not agent_id:
         raise ValueError(f"an agent of the file has no id: {fields.get('displayName', fields)!r}")
     handoffs = [f"agents/{target}" for target in fields.pop("handoffs", [])]
-    return _Entry(agent_id, json_format.ParseDict(fields, registry_pb2.Agent()), handoffs)
+    try:
+        agent = json_format.ParseDict(fields, registry_pb2.Agent())
+    except json_format.ParseError as error:
+        raise ValueError(f"agent {agent_id!r}: {error}") from None
+    return _Entry(agent_id, agent, handoffs)
 
 
 def _users_last(entries: list[_Entry]) -> list[_Entry]:

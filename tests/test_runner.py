@@ -19,7 +19,9 @@ from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from rpc_helpers import details_of
 from support import Users, create_agent, expect_rpc_error, running_mesh, use_model
+from typer.testing import CliRunner
 
+from agentmesh.cli import app
 from agentmesh.client import Client
 from agentmesh.gen.providers.v1 import providers_pb2 as p
 from agentmesh.gen.registry.v1 import account_pb2 as a
@@ -958,3 +960,49 @@ async def test_idle_conversations_and_old_run_events_are_deleted(bounded, endpoi
     # A conversation a paused run holds is kept, however old.
     held = await runner.GetConversation(rn.GetConversationRequest(name=paused.conversation))
     assert held.active_run == paused.name
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+
+async def test_the_cli_prints_users_text_as_text_and_says_what_it_cannot_use(
+    tenant, users, runner_mesh, tmp_path
+):
+    """What users and models wrote is printed, never read as rich markup ("[/x]"
+    raised, "[a-z]" vanished); a failed run's watch exits 1; a key or file the command
+    cannot use is one line and exit 1, never a traceback."""
+    agent = await tenant.agent("marked")
+    key = await users.admin.accounts.CreateApiKey(a.CreateApiKeyRequest(parent=tenant.user.name))
+    where = ["--target", runner_mesh.address]
+
+    def cli(*args: str, key: str | None = key.secret):
+        with_key = ["--key", key] if key is not None else []
+        return CliRunner().invoke(app, [*args, *where, *with_key], env={"COLUMNS": "60"})
+
+    tenant.model.enqueue(Reply(text="[/x] matches ^[a-z]+$"), Reply(error_status=500))
+    ran = await asyncio.to_thread(cli, "run", "marked", "[/x] hello")
+    assert ran.exit_code == 0, ran.output
+    assert "[/x] matches ^[a-z]+$" in ran.output
+    failed = await tenant.run(agent.name)
+    listed = await asyncio.to_thread(cli, "runs", "list")
+    assert listed.exit_code == 0, listed.output  # its OUTPUT column holds "[/x]"
+    assert failed.name in listed.output  # whole, at 60 columns
+    watched = await asyncio.to_thread(cli, "runs", "watch", failed.name)
+    assert watched.exit_code == 1 and "FAILED" in watched.output
+
+    (tmp_path / "agents.json").write_text('{"agents": [{"id": "x", "colour": "blue"}]}')
+    (tmp_path / "broken.json").write_text("{not json")
+    refusals = {
+        ("agents", "list", "--key-file", str(tmp_path / "none")): "cannot read the API key",
+        ("agents", "apply", str(tmp_path / "agents.json")): "agent 'x'",
+        ("agents", "apply", str(tmp_path / "broken.json")): "is not JSON text",
+        ("agents", "apply", str(tmp_path)): "cannot read",
+    }
+    for args, said in refusals.items():
+        answer = await asyncio.to_thread(
+            cli, *args, key=None if "--key-file" in args else key.secret
+        )
+        assert answer.exit_code == 1 and said in answer.output, (args, answer.output)
+        assert isinstance(answer.exception, SystemExit), answer.exception  # no traceback
+    not_ascii = await asyncio.to_thread(cli, "agents", "list", key="schlüssel")
+    assert not_ascii.exit_code == 1 and "printable ASCII" in not_ascii.output
