@@ -245,7 +245,9 @@ async def _agent_name(client: Client, agent: str) -> str:
 def _context(pairs: list[str]) -> dict[str, Any]:
     context: dict[str, Any] = {}
     for pair in pairs:
-        name, _, value = pair.partition("=")
+        name, equals, value = pair.partition("=")
+        if not (name and equals):
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--context")
         try:
             context[name] = json.loads(value)
         except json.JSONDecodeError:

@@ -144,6 +144,7 @@ async def workflows_list(
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
+    """The workflows defined."""
     async with client_for(target, key, key_file) as client:
         found = await client.workflows.ListWorkflows(
             workflows_pb2.ListWorkflowsRequest(page_size=100)
@@ -208,6 +209,7 @@ async def workflows_runs(
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
+    """Runs of workflows: one workflow's with --workflow."""
     async with client_for(target, key, key_file) as client:
         found = await client.runner.ListWorkflowRuns(
             runner_pb2.ListWorkflowRunsRequest(
@@ -225,11 +227,12 @@ async def workflows_runs(
 @workflows_app.command("get")
 @async_command
 async def workflows_get(
-    name: str,
+    name: Annotated[str, typer.Argument(metavar="RUN", help="workflowRuns/...")],
     target: Target = "127.0.0.1:50051",
     key: Key = None,
     key_file: KeyFile = Path(".agentmesh/admin.key"),
 ) -> None:
+    """A workflow run (workflowRuns/..., as `workflows runs` lists them), as JSON."""
     async with client_for(target, key, key_file) as client:
         found = await client.runner.GetWorkflowRun(runner_pb2.GetWorkflowRunRequest(name=name))
     out.print_json(json_format.MessageToJson(found))

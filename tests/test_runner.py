@@ -1006,3 +1006,5 @@ async def test_the_cli_prints_users_text_as_text_and_says_what_it_cannot_use(
         assert isinstance(answer.exception, SystemExit), answer.exception  # no traceback
     not_ascii = await asyncio.to_thread(cli, "agents", "list", key="schlüssel")
     assert not_ascii.exit_code == 1 and "printable ASCII" in not_ascii.output
+    no_pair = await asyncio.to_thread(cli, "run", "marked", "hi", "--context", "noequals")
+    assert no_pair.exit_code == 2 and "is not key=value" in no_pair.output
