@@ -3,6 +3,7 @@ port, each agent a registry agent running on the user's scripted model server.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -524,6 +525,24 @@ async def test_oversized_undecodable_and_deep_calls_are_refused_before_the_sdk(t
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
     runs = await tenant.client.runner.ListRuns(rn.ListRunsRequest(agent="agents/wary"))
     assert list(runs.runs) == []
+
+
+async def test_a_caller_that_hangs_up_mid_body_is_no_error_of_ours(tenant, caplog):
+    await tenant.agent("hung")
+    host, port = tenant.mesh.http_address.split(":")
+    caplog.set_level(logging.WARNING)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /a2a/agents/hung HTTP/1.1\r\nhost: x\r\n"
+        + f"authorization: Bearer {tenant.key}\r\n".encode()
+        + b"a2a-version: 1.0\r\ncontent-length: 1000\r\n\r\n{"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the call is past its key and reading the body
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.5)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def test_a2a_0_3_clients_use_the_same_endpoint(tenant):

@@ -85,7 +85,7 @@ from a2a.utils.task import apply_history_length, validate_history_length
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -178,6 +178,8 @@ class A2aAdapter:
             body = await read_body(request, MAX_BODY_BYTES)
         except BodyTooLarge as error:
             return _rpc_error(INVALID_REQUEST, str(error), status=413)
+        except ClientDisconnect:  # no one is left to answer; not a failure of ours to log
+            return _rpc_error(INVALID_REQUEST, "the request ended early", status=400)
         except Exception as error:
             return _refusal(error, rpc=True)
         try:

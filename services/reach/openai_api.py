@@ -60,7 +60,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -298,6 +298,8 @@ async def _read(request: Request, shape: type[Shape]) -> Shape:
         body = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge as error:
         raise ApiError(413, str(error)) from None
+    except ClientDisconnect:  # no one is left to answer; not a failure of ours to log
+        raise ApiError(400, "the request ended early") from None
     try:
         return shape.model_validate_json(body)
     except ValidationError as error:
